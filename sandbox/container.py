@@ -1,0 +1,235 @@
+"""One sandbox container: the docker SDK boundary (create, attach, start, talk, remove).
+
+``container_settings`` is the single, pure translation of a policy into container settings. A
+``Sandbox`` starts the in-container supervisor and exchanges authenticated frames with it over
+the attach socket. Every docker, socket and protocol failure leaves this module as a
+``SandboxError`` subclass (``raise ... from``), so callers never see a third-party exception.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import struct
+import time
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.types import Ulimit
+
+from sandbox.errors import ImageMissing, InfrastructureError, RuntimeUnavailable, SandboxCrashed, SandboxTimeout
+from sandbox.harness import protocol
+from sandbox.policy import Policy
+
+__all__ = ["container_settings", "Sandbox", "SERVICE_LABEL", "OWNER_LABEL", "SANDBOX_USER", "SENTRY_MEMORY_MIB"]
+
+log = logging.getLogger(__name__)
+
+SERVICE_LABEL = "io.sandbox-exec.service"
+OWNER_LABEL = "io.sandbox-exec.owner"
+POLICY_LABEL = "io.sandbox-exec.policy"
+SANDBOX_USER = "65534:65534"  # nobody:nogroup
+SENTRY_MEMORY_MIB = 256  # gVisor's own kernel (the Sentry) is charged to the container too
+SUPERVISOR = ["python3", "-I", "/opt/harness/supervisor.py"]
+_STREAM_HEADER = struct.Struct(">BxxxI")
+
+
+def container_settings(policy: Policy, image: str, labels: dict[str, str]) -> dict[str, Any]:
+    """Keyword arguments for ``containers.create``: isolation and limits, nothing else."""
+    memory = f"{policy.memory_mib + SENTRY_MEMORY_MIB}m"
+    return {
+        "image": image,
+        "command": SUPERVISOR,
+        "runtime": policy.runtime,
+        "network_mode": "none",
+        "read_only": True,
+        "user": SANDBOX_USER,
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "tmpfs": {"/tmp": f"rw,nosuid,nodev,noexec,size={policy.scratch_mib}m,mode=1777"},
+        "mem_limit": memory,
+        "memswap_limit": memory,  # equal to mem_limit: no swap
+        "nano_cpus": int(policy.cpus * 1e9),
+        "pids_limit": 512 + policy.processes,  # host-side threads of gVisor; programs get RLIMIT_NPROC inside
+        "ulimits": [Ulimit(name="nofile", soft=policy.open_files, hard=policy.open_files),
+                    Ulimit(name="fsize", soft=policy.file_size_mib << 20, hard=policy.file_size_mib << 20),
+                    Ulimit(name="core", soft=0, hard=0)],
+        "environment": {},
+        "working_dir": "/tmp",
+        "hostname": "sandbox",
+        "labels": {SERVICE_LABEL: "1", POLICY_LABEL: policy.name, **labels},
+        "stdin_open": True,
+        "detach": True,
+        "auto_remove": False,
+    }
+
+
+class Sandbox:
+    """A running sandbox container and its supervisor. Use as a context manager; always removed."""
+
+    def __init__(self, client: docker.DockerClient, policy: Policy, image: str, owner: str) -> None:
+        self.policy = policy
+        self.runs = 0
+        self._client = client
+        self._key = secrets.token_bytes(32)
+        self._stderr = bytearray()
+        self._pending = bytearray()
+        self._container: Any = None
+        self._socket: socket.socket | None = None
+        self.runtime = ""
+        self.kernel = ""
+        self._start(image, owner)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def _start(self, image: str, owner: str) -> None:
+        settings = container_settings(self.policy, image, {OWNER_LABEL: owner})
+        try:
+            self._container = self._client.containers.create(**settings)
+            raw = self._client.api.attach_socket(self._container.id, params={
+                "stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+            self._socket = raw._sock
+            self._container.start()
+        except docker.errors.ImageNotFound as exc:
+            self.close()
+            raise ImageMissing(f"sandbox image {image!r} is not built: run `sandbox images build`") from exc
+        except docker.errors.APIError as exc:
+            self.close()
+            if "runtime" in str(exc).lower():
+                raise RuntimeUnavailable(f"runtime {self.policy.runtime!r} is not usable: {exc.explanation}"
+                                         " (run `sandbox doctor`)") from exc
+            raise InfrastructureError(f"docker could not start a sandbox: {exc.explanation or exc}") from exc
+        except (requests.exceptions.RequestException, OSError) as exc:
+            self.close()
+            raise InfrastructureError(f"docker engine unreachable: {exc}") from exc
+        try:
+            self._handshake()
+        except Exception:
+            self.close()
+            raise
+
+    def _handshake(self) -> None:
+        self._send({"op": "hello", "key": self._key.hex()})
+        ready = self._receive(deadline=time.monotonic() + 60)
+        if ready.get("op") != "ready":
+            raise SandboxCrashed(f"supervisor did not say ready: {ready}")
+        self.kernel = str(ready.get("kernel", ""))
+        self._container.reload()
+        self.runtime = self._container.attrs["HostConfig"].get("Runtime") or "runc"
+        if self.runtime != self.policy.runtime:
+            raise RuntimeUnavailable(f"sandbox runs under {self.runtime!r}, policy requires {self.policy.runtime!r}")
+
+    def close(self) -> None:
+        """Kill and remove the container; safe to call more than once."""
+        if self._socket is not None:
+            try:
+                self._socket.close()
+            except OSError:
+                pass
+            self._socket = None
+        if self._container is not None:
+            try:
+                self._container.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+            except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+                log.warning("could not remove sandbox %s (the reaper will): %s", self._container.short_id, exc)
+            self._container = None
+
+    def __enter__(self) -> "Sandbox":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def id(self) -> str:
+        return self._container.id if self._container is not None else ""
+
+    # -- protocol ----------------------------------------------------------------------------
+    def run(self, batch: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """Send one batch and wait for its result; past ``timeout_s`` the container is killed."""
+        self.runs += 1
+        self._send({"op": "run", **batch})
+        reply = self._receive(deadline=time.monotonic() + timeout_s)
+        if reply.get("op") != "result":
+            raise SandboxCrashed(f"supervisor answered {reply.get('op')!r}: {reply.get('message', '')}")
+        return reply
+
+    def _send(self, message: dict[str, Any]) -> None:
+        assert self._socket is not None
+        try:
+            self._socket.sendall(protocol.pack(message))
+        except OSError as exc:
+            raise self._crashed(f"could not write to the sandbox: {exc}") from exc
+
+    def _receive(self, deadline: float) -> dict[str, Any]:
+        header = self._read_stdout(protocol.HEADER.size, deadline)
+        try:
+            body = self._read_stdout(protocol.frame_length(header), deadline)
+            return protocol.unpack(body, self._key)
+        except protocol.FrameError as exc:
+            raise self._crashed(f"sandbox broke protocol: {exc}") from exc
+
+    def _read_stdout(self, size: int, deadline: float) -> bytes:
+        """Demultiplex docker's attach stream until ``size`` bytes of stdout are buffered."""
+        while len(self._pending) < size:
+            kind, payload = self._read_stream_frame(deadline)
+            if kind == 1:
+                self._pending += payload
+            else:
+                self._stderr = (self._stderr + payload)[-8192:]
+        data = bytes(self._pending[:size])
+        del self._pending[:size]
+        return data
+
+    def _read_stream_frame(self, deadline: float) -> tuple[int, bytes]:
+        header = self._recv_exact(_STREAM_HEADER.size, deadline)
+        kind, length = _STREAM_HEADER.unpack(header)
+        return kind, self._recv_exact(length, deadline)
+
+    def _recv_exact(self, size: int, deadline: float) -> bytes:
+        assert self._socket is not None
+        chunks, remaining = [], size
+        while remaining:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise SandboxTimeout("sandbox did not answer before the host's deadline")
+            self._socket.settimeout(left)
+            try:
+                chunk = self._socket.recv(min(remaining, 1 << 20))
+            except socket.timeout:
+                continue
+            except OSError as exc:
+                raise self._crashed(f"lost the sandbox connection: {exc}") from exc
+            if not chunk:
+                raise self._crashed("sandbox exited")
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        return b"".join(chunks)
+
+    def _crashed(self, message: str) -> SandboxCrashed:
+        state: dict[str, Any] = {}
+        try:
+            self._container.reload()
+            for _ in range(20):  # the exit may not be recorded yet
+                state = self._container.attrs.get("State", {})
+                if not state.get("Running"):
+                    break
+                time.sleep(0.05)
+                self._container.reload()
+        except (docker.errors.APIError, requests.exceptions.RequestException, AttributeError):
+            pass
+        oom = bool(state.get("OOMKilled"))
+        stderr = self._stderr.decode("utf-8", "replace")[-600:]
+        detail = f"{message} (exit code {state.get('ExitCode')}, oom_killed={oom})"
+        if stderr.strip():
+            detail += f"; supervisor stderr: {stderr.strip()}"
+        return SandboxCrashed(detail, oom_killed=oom, exit_code=state.get("ExitCode"))
+
+
+def owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"

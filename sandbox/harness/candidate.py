@@ -1,0 +1,99 @@
+"""Phase 1, inside the sandbox: run the untrusted program and record what it returns.
+
+Reads one JSON job from stdin, executes the program, then runs each test's call-only version with
+the program's functions wrapped by recorders. Records go to the pipe whose number is the first argument,
+one JSON line per event. Everything written there is treated as untrusted by the supervisor: the
+program can forge it, but it can only forge values that the checker then judges.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import time
+import traceback
+from typing import Any, Callable
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import replay  # noqa: E402
+import values  # noqa: E402
+
+
+class Recorder:
+    def __init__(self, out: Any) -> None:
+        self.out = out
+        self.calls: list[dict[str, Any]] = []
+        self.counters: dict[str, int] = {}
+
+    def emit(self, event: dict[str, Any]) -> None:
+        self.out.write(json.dumps(event) + "\n")
+        self.out.flush()
+
+    def wrap(self, function: Callable[..., Any], label: str) -> Callable[..., Any]:
+        def recorded(*args: Any, **kwargs: Any) -> Any:
+            key = replay.call_key(label, args, kwargs, self.counters)
+            state = random.getstate()  # the program's use of `random` must not shift the test's inputs
+            try:
+                result = function(*args, **kwargs)
+            except BaseException as exc:
+                self.calls.append({"k": key, "e": replay.describe_exception(exc)})
+                raise
+            finally:
+                random.setstate(state)
+            self.calls.append({"k": key, "r": values.encode(result)})
+            return result
+
+        return recorded
+
+
+def main() -> None:
+    job = json.loads(sys.stdin.buffer.read())
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    out = os.fdopen(int(sys.argv[1]), "w", buffering=1)  # the record pipe, numbered by the supervisor
+    recorder = Recorder(out)
+    program: dict[str, Any] = {}
+    try:
+        exec(compile(job["program"], "<program>", "exec"), program)
+    except BaseException as exc:  # the program's own error: SyntaxError, exceptions, even SystemExit
+        recorder.emit({"event": "program_error", "error": replay.describe_exception(exc),
+                       "traceback": traceback.format_exc(limit=5)[-2000:]})
+        return
+    entry = program.get(job["entry_point"])
+    if not callable(entry):
+        recorder.emit({"event": "missing_entry_point"})
+        return
+    recorder.emit({"event": "loaded"})
+    for index, test in enumerate(job["tests"]):
+        run_test(recorder, program, job, index, test)
+    recorder.emit({"event": "end"})
+
+
+def run_test(recorder: Recorder, program: dict[str, Any], job: dict[str, Any], index: int,
+             test: dict[str, str]) -> None:
+    recorder.calls, recorder.counters = [], {}
+    namespace: dict[str, Any] = {}
+    for name in job["untrusted_names"]:
+        if name in program:
+            value = program[name]
+            namespace[name] = recorder.wrap(value, name) if callable(value) else value
+    for name in job.get("prelude_names", []):  # helpers the checker takes from the trusted prelude
+        if name in program:
+            namespace[name] = program[name]
+    started = time.perf_counter()
+    outcome = "ok"
+    try:
+        exec(replay.compile_test(test["source"], test["name"]), namespace)
+        replay.seed_for_test(index)
+        namespace[replay.TEST_FUNCTION](recorder.wrap(program[job["entry_point"]], job["entry_point"]))
+    except BaseException as exc:
+        outcome = "raised: " + ": ".join(replay.describe_exception(exc))
+    recorder.emit({"event": "test", "name": test["name"], "calls": recorder.calls, "outcome": outcome[:600],
+                   "duration_s": round(time.perf_counter() - started, 6)})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Sandbox images, built from Debian packages with debootstrap (no container registry needed).
+
+An image's tag carries a digest of its definition (``images/<language>/image.toml``) and of the
+in-sandbox harness, so it is rebuilt exactly when either changes. The debootstrapped root
+filesystem is cached by package list, so a harness change costs seconds, not a new debootstrap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import docker
+import docker.errors
+
+from sandbox.errors import InfrastructureError
+
+__all__ = ["ImageDefinition", "load_definition", "image_exists", "build_image", "debian_mirror", "HARNESS_DIR"]
+
+HARNESS_DIR = Path(__file__).parent / "harness"
+HARNESS_FILES = ("protocol.py", "values.py", "replay.py", "candidate.py", "checker.py", "supervisor.py")
+CACHE_DIR = Path("/var/cache/sandbox-exec")
+
+
+@dataclass(frozen=True)
+class ImageDefinition:
+    name: str
+    version: str
+    suite: str
+    variant: str
+    packages: tuple[str, ...]
+    digest: str
+
+    @property
+    def tag(self) -> str:
+        return f"{self.name}:{self.version}-{self.digest[:12]}"
+
+    @property
+    def rootfs_key(self) -> str:
+        material = f"{self.suite}|{self.variant}|{','.join(sorted(self.packages))}"
+        return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+
+def load_definition(images_dir: Path, language: str = "python") -> ImageDefinition:
+    path = images_dir / language / "image.toml"
+    raw = path.read_bytes()
+    data = tomllib.loads(raw.decode())
+    digest = hashlib.sha256(raw)
+    for name in HARNESS_FILES:
+        digest.update(name.encode() + b"\0" + (HARNESS_DIR / name).read_bytes())
+    return ImageDefinition(name=data["name"], version=str(data["version"]), suite=data["suite"],
+                           variant=data.get("variant", "minbase"), packages=tuple(data["packages"]),
+                           digest=digest.hexdigest())
+
+
+def image_exists(client: docker.DockerClient, tag: str) -> bool:
+    try:
+        client.images.get(tag)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+
+
+def build_image(client: docker.DockerClient, definition: ImageDefinition,
+                say: Callable[[str], None] = print, force: bool = False) -> str:
+    """Build the image if its tag is missing (or ``force``); return the tag."""
+    if image_exists(client, definition.tag) and not force:
+        say(f"image {definition.tag} is up to date")
+        return definition.tag
+    rootfs = _rootfs(definition, say)
+    _install_harness(rootfs)
+    with tempfile.NamedTemporaryFile(suffix=".tar", dir=CACHE_DIR) as archive:
+        say("packing the root filesystem")
+        with tarfile.open(archive.name, "w") as tar:
+            tar.add(rootfs, arcname=".")
+        say(f"importing {definition.tag}")
+        repository, tag = definition.tag.split(":")
+        try:
+            client.api.import_image(src=archive.name, repository=repository, tag=tag, changes=[
+                "ENV PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8", "USER 65534:65534", "WORKDIR /tmp",
+                f"LABEL io.sandbox-exec.image-digest={definition.digest}"])
+        except docker.errors.APIError as exc:
+            raise InfrastructureError(f"docker import failed: {exc}") from exc
+    client.images.get(definition.tag).tag(repository, "latest")
+    say(f"built {definition.tag}")
+    return definition.tag
+
+
+def _rootfs(definition: ImageDefinition, say: Callable[[str], None]) -> Path:
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    rootfs = CACHE_DIR / f"rootfs-{definition.rootfs_key}"
+    if (rootfs / "usr/bin/python3").exists():
+        return rootfs
+    shutil.rmtree(rootfs, ignore_errors=True)
+    partial = CACHE_DIR / f"partial-{definition.rootfs_key}"
+    shutil.rmtree(partial, ignore_errors=True)
+    mirror = debian_mirror(definition.suite)
+    say(f"debootstrap {definition.suite} ({', '.join(definition.packages)}) from {mirror}: about a minute")
+    command = ["debootstrap", f"--variant={definition.variant}", f"--include={','.join(definition.packages)}",
+               definition.suite, str(partial), mirror]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise InfrastructureError(f"debootstrap failed ({result.returncode}): {result.stderr[-2000:]}")
+    shutil.rmtree(partial / "var/cache/apt/archives", ignore_errors=True)
+    (partial / "var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)
+    partial.rename(rootfs)
+    return rootfs
+
+
+def _install_harness(rootfs: Path) -> None:
+    target = rootfs / "opt/harness"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    for name in HARNESS_FILES:
+        shutil.copy2(HARNESS_DIR / name, target / name)
+        (target / name).chmod(0o644)
+    # Compile with the image's own Python: the root filesystem is read-only at run time.
+    subprocess.run(["chroot", str(rootfs), "python3", "-m", "compileall", "-q", "/opt/harness"], check=True)
+
+
+def debian_mirror(suite: str) -> str:
+    """The Debian mirror the host's apt sources already use for ``suite`` (never hard-coded)."""
+    for path in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
+        for block in path.read_text().split("\n\n"):
+            fields = dict(line.split(":", 1) for line in block.splitlines() if ":" in line and not line.startswith("#"))
+            suites = fields.get("Suites", "").split()
+            if suite in suites and "deb" in fields.get("Types", "").split():
+                return fields["URIs"].split()[0]
+    sources_list = Path("/etc/apt/sources.list")
+    if sources_list.exists():
+        for line in sources_list.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and parts[0] == "deb" and parts[2] == suite:
+                return parts[1]
+    raise InfrastructureError(f"no Debian mirror for {suite!r} in the apt sources of this machine")

@@ -1,0 +1,130 @@
+"""Jobs and results: the data that crosses every boundary (client, Redis, worker, sandbox).
+
+Models are frozen and forbid unknown fields; the worker validates again what comes out of Redis.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from sandbox.policy import LimitOverrides
+
+__all__ = ["Language", "Verdict", "TestStatus", "TestSnippet", "JobSpec", "TestResult", "JobResult"]
+
+MAX_SOURCE_CHARS = 16 * 1024 * 1024  # hard ceiling; each policy sets its own, lower, program_max_kib
+
+
+class Language(str, Enum):
+    python = "python"
+
+
+class Verdict(str, Enum):
+    passed = "passed"
+    failed = "failed"
+    timeout = "timeout"
+    error = "error"              # the program's own error: SyntaxError, crash while loading...
+    infra_error = "infra_error"  # the service failed; never the program's fault
+
+
+class TestStatus(str, Enum):
+    passed = "passed"
+    failed = "failed"    # an assertion was false
+    error = "error"      # the test raised (for example the program raised while being called)
+    timeout = "timeout"  # the sample ran out of time before this test finished
+    not_run = "not_run"  # the program failed to load, or the service failed
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TestSnippet(_Frozen):
+    name: str = Field(min_length=1, max_length=200)
+    code: str = Field(min_length=1, max_length=MAX_SOURCE_CHARS)
+
+
+class JobSpec(_Frozen):
+    """One program and its tests.
+
+    The program is either ``prompt`` + ``completion`` (HumanEval's shape: the prompt is the
+    problem's own text and is trusted to define helpers for the tests) or a whole ``program``.
+    Tests are either a HumanEval-style ``check`` program or a list of named ``tests``.
+    """
+
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=200)
+    language: str = "python"
+    prompt: str = Field(default="", max_length=MAX_SOURCE_CHARS)
+    completion: str = Field(default="", max_length=MAX_SOURCE_CHARS)
+    program: str | None = Field(default=None, max_length=MAX_SOURCE_CHARS)
+    check: str | None = Field(default=None, max_length=MAX_SOURCE_CHARS)
+    tests: tuple[TestSnippet, ...] | None = Field(default=None, max_length=1000)
+    entry_point: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    policy: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    limits: LimitOverrides | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("language")
+    @classmethod
+    def _known_language(cls, value: str) -> str:
+        known = [language.value for language in Language]
+        if value not in known:
+            raise ValueError(f"unsupported language {value!r}: this service runs {', '.join(known)} "
+                             "(other languages need their sandbox image first)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_of_each(self) -> "JobSpec":
+        if self.program is not None and (self.prompt or self.completion):
+            raise ValueError("give either `program` or `prompt` + `completion`, not both")
+        if self.program is None and not (self.prompt or self.completion):
+            raise ValueError("the job has no code: give `program`, or `prompt` + `completion`")
+        if (self.check is None) == (self.tests is None):
+            raise ValueError("give exactly one of `check` (a HumanEval-style test program) or `tests` (snippets)")
+        if self.tests is not None and len({t.name for t in self.tests}) != len(self.tests):
+            raise ValueError("test names must be unique")
+        return self
+
+    @property
+    def source(self) -> str:
+        """The whole program as it runs: prompt and completion joined as HumanEval joins them."""
+        return self.program if self.program is not None else self.prompt + self.completion
+
+    def content_key(self) -> str:
+        """Identical work (program, tests, policy, limits) gets the same key, whatever the job id."""
+        material = self.model_dump(mode="json", exclude={"id", "metadata"})
+        return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+class TestResult(_Frozen):
+    name: str
+    status: TestStatus
+    message: str = ""
+    duration_s: float | None = None
+
+
+class JobResult(_Frozen):
+    job_id: str
+    verdict: Verdict
+    tests: tuple[TestResult, ...] = ()
+    error: str = Field(default="", description="why the verdict is error or infra_error")
+    stdout: str = ""
+    stderr: str = ""
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    wall_time_s: float | None = None
+    cpu_time_s: float | None = None
+    peak_memory_kib: int | None = None
+    runtime: str = ""
+    attempts: int = 1
+    reused: bool = False
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict is Verdict.passed
