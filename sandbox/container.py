@@ -25,7 +25,7 @@ from sandbox.errors import ImageMissing, InfrastructureError, RuntimeUnavailable
 from sandbox.harness import protocol
 from sandbox.policy import Policy
 
-__all__ = ["container_settings", "Sandbox", "SERVICE_LABEL", "OWNER_LABEL", "SANDBOX_USER", "SENTRY_MEMORY_MIB"]
+__all__ = ["container_settings", "Sandbox", "docker_client", "owner_id", "SERVICE_LABEL", "OWNER_LABEL", "SANDBOX_USER", "SENTRY_MEMORY_MIB"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ class Sandbox:
         self._pending = bytearray()
         self._container: Any = None
         self._socket: socket.socket | None = None
+        self._attach: Any = None
         self.runtime = ""
         self.kernel = ""
         self._start(image, owner)
@@ -91,6 +92,7 @@ class Sandbox:
             self._container = self._client.containers.create(**settings)
             raw = self._client.api.attach_socket(self._container.id, params={
                 "stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+            self._attach = raw  # keeps docker's wrapper alive; closed together with the socket
             self._socket = raw._sock
             self._container.start()
         except docker.errors.ImageNotFound as exc:
@@ -124,12 +126,13 @@ class Sandbox:
 
     def close(self) -> None:
         """Kill and remove the container; safe to call more than once."""
-        if self._socket is not None:
-            try:
-                self._socket.close()
-            except OSError:
-                pass
-            self._socket = None
+        for stream in (self._socket, self._attach):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+        self._socket = self._attach = None
         if self._container is not None:
             try:
                 self._container.remove(force=True)
@@ -229,6 +232,16 @@ class Sandbox:
         if stderr.strip():
             detail += f"; supervisor stderr: {stderr.strip()}"
         return SandboxCrashed(detail, oom_killed=oom, exit_code=state.get("ExitCode"))
+
+
+def docker_client() -> docker.DockerClient:
+    """A client for the local engine; an unreachable engine is an ``InfrastructureError``."""
+    try:
+        client = docker.from_env(timeout=120)
+        client.ping()
+        return client
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        raise InfrastructureError(f"the Docker engine is not reachable ({exc}); run `sandbox doctor --fix`") from exc
 
 
 def owner_id() -> str:

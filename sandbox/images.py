@@ -20,9 +20,9 @@ from typing import Callable
 import docker
 import docker.errors
 
-from sandbox.errors import InfrastructureError
+from sandbox.errors import ImageMissing, InfrastructureError
 
-__all__ = ["ImageDefinition", "load_definition", "image_exists", "build_image", "debian_mirror", "HARNESS_DIR"]
+__all__ = ["ImageDefinition", "load_definition", "require_image", "image_exists", "build_image", "debian_mirror", "HARNESS_DIR"]
 
 HARNESS_DIR = Path(__file__).parent / "harness"
 HARNESS_FILES = ("protocol.py", "values.py", "replay.py", "candidate.py", "checker.py", "supervisor.py")
@@ -58,6 +58,14 @@ def load_definition(images_dir: Path, language: str = "python") -> ImageDefiniti
     return ImageDefinition(name=data["name"], version=str(data["version"]), suite=data["suite"],
                            variant=data.get("variant", "minbase"), packages=tuple(data["packages"]),
                            digest=digest.hexdigest())
+
+
+def require_image(client: docker.DockerClient, images_dir: Path, language: str = "python") -> str:
+    """The tag of the current image; ``ImageMissing`` if it has not been built."""
+    tag = load_definition(images_dir, language).tag
+    if not image_exists(client, tag):
+        raise ImageMissing(f"sandbox image {tag} is not built: run `sandbox images build`")
+    return tag
 
 
 def image_exists(client: docker.DockerClient, tag: str) -> bool:

@@ -9,7 +9,7 @@ import hashlib
 import json
 import uuid
 from enum import Enum
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -33,6 +33,8 @@ class Verdict(str, Enum):
 
 
 class TestStatus(str, Enum):
+    __test__ = False
+
     passed = "passed"
     failed = "failed"    # an assertion was false
     error = "error"      # the test raised (for example the program raised while being called)
@@ -45,6 +47,8 @@ class _Frozen(BaseModel):
 
 
 class TestSnippet(_Frozen):
+    __test__: ClassVar[bool] = False  # not a pytest test class
+
     name: str = Field(min_length=1, max_length=200)
     code: str = Field(min_length=1, max_length=MAX_SOURCE_CHARS)
 
@@ -102,6 +106,8 @@ class JobSpec(_Frozen):
 
 
 class TestResult(_Frozen):
+    __test__: ClassVar[bool] = False
+
     name: str
     status: TestStatus
     message: str = ""

@@ -31,6 +31,7 @@ SCRATCH_ROOT = "/tmp"
 SHM = "/dev/shm"
 PR_SET_DUMPABLE = 4
 READ_CHUNK = 65536
+EXIT_GRACE_S = 0.2
 
 
 def make_unreachable() -> None:
@@ -97,9 +98,11 @@ def run_process(script: str, payload: bytes, limits: dict[str, Any], cpu_time_s:
         proc.stdin.close()
     except BrokenPipeError:
         pass
-    killed_at_wall = pump(proc, streams, started + wall_time_s)
-    _, status, usage = os.wait4(proc.pid, 0)
+    killed_at_wall, status, usage = pump(proc.pid, streams, started + wall_time_s)
     proc.returncode = os.waitstatus_to_exitcode(status)
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
     os.close(record_read)
     stdout, stderr, records = streams.values()
     return {"returncode": proc.returncode, "killed_at_wall": killed_at_wall,
@@ -108,31 +111,45 @@ def run_process(script: str, payload: bytes, limits: dict[str, Any], cpu_time_s:
             "records": records, "scratch": scratch}
 
 
-def pump(proc: subprocess.Popen[bytes], streams: dict[Any, Capture], deadline: float) -> bool:
-    """Drain the process's pipes until they close; kill its session at the deadline."""
+def pump(pid: int, streams: dict[Any, Capture], deadline: float) -> tuple[bool, int, Any]:
+    """Drain the process's pipes; kill its session at the deadline; return (killed, status, rusage).
+
+    Once the process itself has exited, descendants that still hold its pipes get a short grace
+    period and are then left to the leftover sweep, so a daemon cannot stretch the sample's time.
+    """
     selector = selectors.DefaultSelector()
     for stream in streams:
         selector.register(stream, selectors.EVENT_READ)
-    killed = False
-    while selector.get_map():
+    killed, exited = False, None
+    while True:
+        if exited is None:
+            waited, status, usage = os.wait4(pid, os.WNOHANG)
+            if waited:
+                exited = (status, usage)
+                deadline = min(deadline, time.monotonic() + EXIT_GRACE_S)
+        if not selector.get_map() and exited is not None:
+            break
         remaining = deadline - time.monotonic()
-        if remaining <= 0 and not killed:
-            kill_session(proc.pid)
+        if remaining <= 0:
+            if exited is not None:
+                break
+            if killed:  # killed five seconds ago: wait for it, whatever still holds the pipes
+                _, status, usage = os.wait4(pid, 0)
+                exited = (status, usage)
+                break
+            kill_session(pid)
             killed = True
-        for key, _ in selector.select(timeout=max(0.01, remaining) if not killed else 0.5):
-            fd = key.fd
-            chunk = os.read(fd, READ_CHUNK)
+            deadline = time.monotonic() + 5
+            remaining = 0.05
+        events = selector.select(timeout=min(remaining, 0.05)) if selector.get_map() else time.sleep(0.005) or []
+        for key, _ in events:
+            chunk = os.read(key.fd, READ_CHUNK)
             if chunk:
                 streams[key.fileobj].feed(chunk)
             else:
                 selector.unregister(key.fileobj)
-        if killed and time.monotonic() > deadline + 5:
-            break  # a grandchild holding a pipe open; the leftover sweep will kill it
     selector.close()
-    for stream in (proc.stdout, proc.stderr):
-        if stream is not None:
-            stream.close()
-    return killed
+    return killed, exited[0], exited[1]
 
 
 def kill_session(pid: int) -> None:

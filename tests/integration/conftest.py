@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from typing import Iterator
+
+import docker
+import pytest
+
+from sandbox.container import SERVICE_LABEL, docker_client
+from sandbox.images import build_image, load_definition
+from sandbox.models import JobSpec
+from sandbox.policy import Policy
+from sandbox.pool import SandboxPool
+from sandbox.runner import Runner
+from sandbox.settings import REPO_ROOT
+
+TEST_OWNER = "pytest-sandbox"
+
+
+@pytest.fixture(scope="session")
+def client() -> docker.DockerClient:
+    return docker_client()  # raises (fails the test) when the engine is missing: never a silent skip
+
+
+@pytest.fixture(scope="session")
+def image(client: docker.DockerClient) -> str:
+    return build_image(client, load_definition(REPO_ROOT / "images"), say=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def runner(client: docker.DockerClient, image: str, policies: dict[str, Policy]) -> Iterator[Runner]:
+    pool = SandboxPool(client, image, TEST_OWNER, warm=True)
+    yield Runner(pool, policies, backoff_s=0.1)
+    pool.close()
+    leftovers = client.containers.list(all=True, filters={"label": [SERVICE_LABEL, f"io.sandbox-exec.owner={TEST_OWNER}"]})
+    for container in leftovers:
+        container.remove(force=True)
+    assert not leftovers, f"sandboxes left behind: {[c.short_id for c in leftovers]}"
+
+
+def job(program: str, check: str, entry_point: str = "f", policy: str = "humaneval", **fields: object) -> JobSpec:
+    return JobSpec(program=program, check=check, entry_point=entry_point, policy=policy, **fields)
