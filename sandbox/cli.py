@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,72 @@ def _job_from_options(job_file: Path | None, code: Path | None, tests_file: Path
     else:
         fields["check"] = tests_file.read_text()
     return JobSpec.model_validate(fields)
+
+
+# -- the queue -----------------------------------------------------------------------------------
+@main.command(context_settings=CONTEXT)
+@click.argument("jobs_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Results, one JSON line per job, appended as they finish. Rerunning resumes: jobs already here are skipped.")
+@click.option("--queue", default="bulk", show_default=True, type=click.Choice(["interactive", "bulk"]),
+              help="interactive is served before bulk.")
+@click.option("--skip-invalid", is_flag=True, help="Submit the valid lines even if some are invalid (they are still listed).")
+@click.option("--idle-timeout", default=600.0, show_default=True, help="Give up after this many seconds without a result.")
+@click.pass_obj
+def submit(settings: Settings, jobs_file: Path, out_file: Path, queue: str, skip_invalid: bool,
+           idle_timeout: float) -> None:
+    """Queue every job of a JSONL file and write their results as they finish.
+
+    \b
+    Each line is a job: {"id", "program" | "prompt"+"completion", "check" | "tests", "entry_point",
+    "policy", "limits", "metadata"}; a line without "id" gets FILE:LINE. Workers must be running:
+    `sandbox worker --concurrency 2`. Exit status 2 if any line is invalid.
+    """
+    from sandbox.client import Client
+    from sandbox.jsonl import read_jobs, read_result_ids
+
+    client = Client(settings)
+    jobs, problems = read_jobs(jobs_file, client.validate)
+    for problem in problems:
+        click.secho(f"{jobs_file}:{problem}", fg="red", err=True)
+    if problems and not skip_invalid:
+        fail(f"{len(problems)} invalid line(s); nothing submitted (fix them, or pass --skip-invalid)")
+    done = read_result_ids(out_file)
+    todo = [job for job in jobs if job.id not in done]
+    click.echo(f"{len(jobs)} job(s) in {jobs_file}: {len(jobs) - len(todo)} already in {out_file}, "
+               f"{len(todo)} to run", err=True)
+    counts = _stream_results(client.submit(todo, queue=queue), out_file, idle_timeout, initial=len(jobs) - len(todo),
+                             total=len(jobs))
+    click.echo(" ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "nothing to do", err=True)
+    sys.exit(2 if problems else 0)
+
+
+def _stream_results(submission: Any, out_file: Path, idle_timeout: float, initial: int, total: int) -> dict[str, int]:
+    from collections import Counter
+
+    from tqdm import tqdm
+
+    counts: Counter[str] = Counter()
+    if out_file.exists() and out_file.stat().st_size and not out_file.read_bytes().endswith(b"\n"):
+        with out_file.open("a") as out:
+            out.write("\n")  # a previous run died mid-line; keep the next result on its own line
+    with out_file.open("a") as out, tqdm(total=total, initial=initial, unit="job", dynamic_ncols=True,
+                                         disable=None) as bar:
+        for result in submission.results(idle_timeout_s=idle_timeout):
+            out.write(result.model_dump_json() + "\n")
+            out.flush()
+            counts[result.verdict.value] += 1
+            counts["reused"] += result.reused
+            bar.update(1)
+            bar.set_postfix({k: v for k, v in counts.items() if v}, refresh=False)
+    return dict(counts)
+
+
+@main.command(context_settings={**CONTEXT, "ignore_unknown_options": True}, add_help_option=False)
+@click.argument("worker_args", nargs=-1, type=click.UNPROCESSED)
+def worker(worker_args: tuple[str, ...]) -> None:
+    """Serve the queues (same as `sandbox-worker`; see `sandbox worker --help`)."""
+    os.execvp(sys.executable, [sys.executable, "-m", "worker.main", *worker_args])
 
 
 STATUS_COLORS = {"passed": "green", "failed": "red", "error": "red", "timeout": "yellow", "not_run": "yellow",

@@ -31,7 +31,17 @@ class SandboxPool:
         self._idle: dict[Policy, list[Sandbox]] = defaultdict(list)
         self._lock = threading.Lock()
         self._warming: list[threading.Thread] = []
+        self._live: set[Sandbox] = set()
         self.started = 0
+
+    @property
+    def client(self) -> docker.DockerClient:
+        return self._client
+
+    def container_ids(self) -> list[str]:
+        """Ids of every sandbox this pool owns now, idle or in use."""
+        with self._lock:
+            return [s.id for s in self._live if s.id]
 
     def acquire(self, policy: Policy) -> Sandbox:
         with self._lock:
@@ -41,7 +51,7 @@ class SandboxPool:
 
     def release(self, sandbox: Sandbox, recycle: bool) -> None:
         if recycle or not self.warm or sandbox.runs >= self.max_runs:
-            sandbox.close()
+            self._close(sandbox)
             if self.warm:
                 self._warm_up(sandbox.policy)
             return
@@ -49,7 +59,12 @@ class SandboxPool:
             self._idle[sandbox.policy].append(sandbox)
 
     def discard(self, sandbox: Sandbox) -> None:
+        self._close(sandbox)
+
+    def _close(self, sandbox: Sandbox) -> None:
         sandbox.close()
+        with self._lock:
+            self._live.discard(sandbox)
 
     def close(self) -> None:
         for thread in self._warming:
@@ -58,15 +73,18 @@ class SandboxPool:
             idle = [s for sandboxes in self._idle.values() for s in sandboxes]
             self._idle.clear()
         for sandbox in idle:
-            sandbox.close()
+            self._close(sandbox)
 
     def idle_count(self) -> int:
         with self._lock:
             return sum(len(s) for s in self._idle.values())
 
     def _new(self, policy: Policy) -> Sandbox:
-        self.started += 1
-        return Sandbox(self._client, policy, self.image, self.owner)
+        sandbox = Sandbox(self._client, policy, self.image, self.owner)
+        with self._lock:
+            self.started += 1
+            self._live.add(sandbox)
+        return sandbox
 
     def _warm_up(self, policy: Policy) -> None:
         def start() -> None:

@@ -1,0 +1,198 @@
+"""How work and results are laid out in Redis: the only module that knows the keys.
+
+* Work: RQ queues (``interactive`` served before ``bulk``) with the JSON serializer, never pickle.
+  One queue item is a batch of jobs that share their tests, so queue overhead is paid per batch.
+* Results: per submission, a hash (job id -> result) written with HSETNX, so each job has exactly
+  one result however often it runs, and a list the client pops in the order results finish.
+* Reuse: finished results are also kept by content key, so identical work is answered at once.
+* Leases: a worker renews a lease on the batch it runs; a batch whose lease lapsed (its worker
+  died) is enqueued again, minus the jobs that already have results.
+* Workers publish their state in ``sandbox:worker:<id>`` hashes that expire when they go silent.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Iterable
+
+import redis
+from rq import Queue
+from rq.job import Job
+from rq.registry import StartedJobRegistry
+from rq.serializers import JSONSerializer
+
+from sandbox.models import JobResult, JobSpec, Verdict
+
+__all__ = ["QUEUES", "connect", "queue", "enqueue_batch", "store_result", "pop_results", "known_result_ids",
+           "cached_results", "renew_lease", "release_lease", "requeue_abandoned", "worker_key", "WORKERS_SET",
+           "LAST_SEEN", "verdict_key", "TASK"]
+
+log = logging.getLogger(__name__)
+
+QUEUES = ("interactive", "bulk")  # workers serve them in this order
+TASK = "worker.tasks.run_batch"
+PREFIX = "sandbox"
+WORKERS_SET = f"{PREFIX}:workers"
+LAST_SEEN = f"{PREFIX}:workers:last-seen"
+QUEUE_TIMEOUT_MARGIN_S = 60
+
+_STORE = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+  redis.call('RPUSH', KEYS[2], ARGV[2])
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+  if ARGV[4] == '1' then redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[3]) end
+  return 1
+end
+return 0
+"""
+
+
+def connect(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_connect_timeout=5, socket_keepalive=True, health_check_interval=10,
+                                retry_on_timeout=True)
+
+
+def queue(connection: redis.Redis, name: str) -> Queue:
+    if name not in QUEUES:
+        raise ValueError(f"unknown queue {name!r}: use one of {', '.join(QUEUES)}")
+    return Queue(name, connection=connection, serializer=JSONSerializer)
+
+
+def _results_key(submission: str) -> str:
+    return f"{PREFIX}:sub:{submission}:results"
+
+
+def _stream_key(submission: str) -> str:
+    return f"{PREFIX}:sub:{submission}:stream"
+
+
+def _cache_key(content_key: str) -> str:
+    return f"{PREFIX}:cache:{content_key}"
+
+
+def _lease_key(rq_job_id: str) -> str:
+    return f"{PREFIX}:lease:{rq_job_id}"
+
+
+def worker_key(worker_id: str) -> str:
+    return f"{PREFIX}:worker:{worker_id}"
+
+
+def verdict_key(minute: int) -> str:
+    return f"{PREFIX}:verdicts:{minute}"
+
+
+def enqueue_batch(connection: redis.Redis, queue_name: str, submission: str, jobs: list[JobSpec],
+                  timeout_s: float, result_ttl_s: int) -> str:
+    payload = {"submission": submission, "result_ttl_s": result_ttl_s,
+               "jobs": [job.model_dump(mode="json") for job in jobs]}
+    rq_job = queue(connection, queue_name).enqueue(
+        TASK, payload, job_id=f"batch-{uuid.uuid4().hex}", job_timeout=int(timeout_s) + QUEUE_TIMEOUT_MARGIN_S,
+        result_ttl=600, failure_ttl=24 * 3600, meta={"submission": submission, "samples": len(jobs)})
+    return str(rq_job.id)
+
+
+def store_result(connection: redis.Redis, submission: str, result: JobResult, content_key: str,
+                 ttl_s: int) -> bool:
+    """Record a job's result once; returns False if it already had one. Verdicts are counted too."""
+    body = result.model_dump_json()
+    cacheable = "1" if result.verdict is not Verdict.infra_error else "0"
+    stored = connection.eval(_STORE, 3, _results_key(submission), _stream_key(submission), _cache_key(content_key),
+                             result.job_id, body, ttl_s, cacheable)
+    if stored:
+        minute = int(time.time() // 60)
+        with connection.pipeline() as pipe:
+            pipe.hincrby(verdict_key(minute), result.verdict.value, 1)
+            pipe.expire(verdict_key(minute), 3 * 3600)
+            pipe.execute()
+    return bool(stored)
+
+
+def pop_results(connection: redis.Redis, submission: str, wait_s: float) -> list[JobResult]:
+    """Results that finished since the last call, oldest first; waits up to ``wait_s`` for the first."""
+    first = connection.blpop([_stream_key(submission)], timeout=max(1, int(wait_s)))
+    if first is None:
+        return []
+    with connection.pipeline() as pipe:
+        pipe.lrange(_stream_key(submission), 0, 999)
+        pipe.ltrim(_stream_key(submission), 1000, -1)
+        rest = pipe.execute()[0]
+    return [JobResult.model_validate_json(body) for body in [first[1], *rest]]
+
+
+def known_result_ids(connection: redis.Redis, submission: str, job_ids: Iterable[str]) -> set[str]:
+    ids = list(job_ids)
+    if not ids:
+        return set()
+    present = connection.hmget(_results_key(submission), ids)
+    return {job_id for job_id, value in zip(ids, present) if value is not None}
+
+
+def cached_results(connection: redis.Redis, content_keys: list[str]) -> dict[str, JobResult]:
+    """Finished results of identical work, by content key."""
+    if not content_keys:
+        return {}
+    bodies = connection.mget([_cache_key(key) for key in content_keys])
+    return {key: JobResult.model_validate_json(body) for key, body in zip(content_keys, bodies) if body}
+
+
+def renew_lease(connection: redis.Redis, rq_job_id: str, owner: str, ttl_s: float) -> None:
+    connection.set(_lease_key(rq_job_id), owner, px=int(ttl_s * 1000))
+
+
+def release_lease(connection: redis.Redis, rq_job_id: str) -> None:
+    connection.delete(_lease_key(rq_job_id))
+
+
+def requeue_abandoned(connection: redis.Redis, grace_s: float) -> list[str]:
+    """Enqueue again the batches whose worker stopped renewing their lease; returns the new ids.
+
+    Only the jobs that have no result yet travel again; a lock keeps sweepers from racing.
+    """
+    if not connection.set(f"{PREFIX}:sweep-lock", "1", nx=True, px=int(grace_s * 1000)):
+        return []
+    requeued = []
+    for name in QUEUES:
+        rq_queue = queue(connection, name)
+        registry = StartedJobRegistry(queue=rq_queue)
+        for entry in connection.zrange(registry.key, 0, -1):
+            rq_job_id = entry.decode().split(":")[0]
+            if connection.exists(_lease_key(rq_job_id)) or not _older_than(connection, rq_job_id, grace_s):
+                continue
+            new_id = _requeue(connection, rq_queue, rq_job_id)
+            connection.zrem(registry.key, entry)
+            if new_id:
+                requeued.append(new_id)
+    return requeued
+
+
+def _older_than(connection: redis.Redis, rq_job_id: str, seconds: float) -> bool:
+    started = connection.hget(f"rq:job:{rq_job_id}", "started_at")
+    if started is None:
+        return True
+    from rq.utils import utcparse
+
+    return time.time() - utcparse(started.decode()).timestamp() > seconds
+
+
+def _requeue(connection: redis.Redis, rq_queue: Queue, rq_job_id: str) -> str | None:
+    if not connection.set(f"{PREFIX}:requeued:{rq_job_id}", "1", nx=True, ex=24 * 3600):
+        return None
+    try:
+        old = Job.fetch(rq_job_id, connection=connection, serializer=JSONSerializer)
+    except Exception as exc:  # rq raises NoSuchJobError or deserialization errors; nothing left to save
+        log.warning("abandoned batch %s cannot be read: %s", rq_job_id, exc)
+        return None
+    payload = old.args[0]
+    remaining = [j for j in payload["jobs"]
+                 if j["id"] not in known_result_ids(connection, payload["submission"], [j["id"]])]
+    if not remaining:
+        return None
+    jobs = [JobSpec.model_validate(j) for j in remaining]
+    new_id = enqueue_batch(connection, rq_queue.name, payload["submission"], jobs,
+                           timeout_s=(old.timeout or 600) - QUEUE_TIMEOUT_MARGIN_S, result_ttl_s=payload["result_ttl_s"])
+    log.warning("batch %s lost its worker; %d job(s) enqueued again as %s", rq_job_id, len(jobs), new_id)
+    return new_id

@@ -1,0 +1,47 @@
+"""Remove sandbox containers whose owner is gone (a worker killed with SIGKILL runs no ``finally``).
+
+Only containers carrying this service's label are ever touched. An owner is ``host:pid``: on
+this host the pid must still be a live process; elsewhere its worker heartbeat must be fresh.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Callable
+
+import docker
+import docker.errors
+import psutil
+
+from sandbox.container import OWNER_LABEL, SERVICE_LABEL
+
+__all__ = ["reap_orphans", "owner_alive_locally"]
+
+log = logging.getLogger(__name__)
+
+
+def owner_alive_locally(owner: str) -> bool | None:
+    """True/False for an owner on this host; None when the owner lives on another host."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    return psutil.pid_exists(int(pid))
+
+
+def reap_orphans(client: docker.DockerClient, heartbeat_alive: Callable[[str], bool]) -> list[str]:
+    """Force-remove labelled containers whose owner is dead; returns their ids."""
+    removed = []
+    for container in client.containers.list(all=True, sparse=True, filters={"label": SERVICE_LABEL}):
+        owner = container.labels.get(OWNER_LABEL, "")
+        local = owner_alive_locally(owner)
+        alive = local if local is not None else heartbeat_alive(owner)
+        if alive:
+            continue
+        try:
+            container.remove(force=True)
+            removed.append(container.id)
+            log.warning("removed sandbox %s left by %s", container.short_id, owner or "an unknown owner")
+        except docker.errors.NotFound:
+            pass
+    return removed

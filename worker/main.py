@@ -1,0 +1,236 @@
+"""``sandbox worker`` / ``sandbox-worker``: the process shell that serves the queues.
+
+Start-up fails fast: policies, the engine, gVisor and the image are checked, leftover sandboxes
+of dead workers are removed, and canary programs with known verdicts must be judged right before
+the worker takes any work. While serving, a background thread publishes the worker's state,
+renews nothing but its heartbeat, requeues batches of dead workers and reaps orphaned sandboxes.
+SIGTERM finishes the batch in hand, then exits (RQ's warm shutdown); the pool is always closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import click
+import psutil
+import redis
+from rq import SimpleWorker
+from rq.serializers import JSONSerializer
+
+from sandbox import broker
+from sandbox.container import docker_client, owner_id
+from sandbox.images import require_image
+from sandbox.models import JobSpec, Verdict
+from sandbox.policy import load_all_policies
+from sandbox.pool import SandboxPool
+from sandbox.reaper import reap_orphans
+from sandbox.runner import Runner
+from sandbox.settings import Settings
+from worker.tasks import WorkerContext, install
+
+log = logging.getLogger("sandbox.worker")
+
+CANARY_CHECK = "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(0, 0) == 0\n"
+CANARIES: list[tuple[str, str, Verdict]] = [
+    ("passes", "def add(a, b):\n    return a + b\n", Verdict.passed),
+    ("fails", "def add(a, b):\n    return a - b\n", Verdict.failed),
+    ("syntax", "def add(a, b)\n    return a\n", Verdict.error),
+    ("loops", "def add(a, b):\n    while True:\n        pass\n", Verdict.timeout),
+    ("gvisor", "import os\ndef add(a, b):\n    return a + b if os.uname().release == '4.4.0' else -1\n", Verdict.passed),
+]
+
+
+class CanaryFailure(RuntimeError):
+    pass
+
+
+def run_canaries(runner: Runner, policy: str) -> None:
+    """Known programs must get their known verdicts, or this worker must not serve."""
+    jobs = [JobSpec(id=f"canary-{name}", program=program, check=CANARY_CHECK, entry_point="add", policy=policy,
+                    limits={"cpu_time_s": 1, "wall_time_s": 3} if name == "loops" else None)
+            for name, program, _ in CANARIES]
+    results = runner.run(jobs)
+    wrong = [f"{job.id}: expected {expected.value}, got {result.verdict.value} {result.error}"
+             for job, (_, _, expected), result in zip(jobs, CANARIES, results) if result.verdict is not expected]
+    if wrong:
+        raise CanaryFailure("canary verdicts are wrong, refusing to serve: " + "; ".join(wrong))
+
+
+def publish_state(context: WorkerContext, pool: SandboxPool, queues: list[str], started: float,
+                  process: psutil.Process) -> None:
+    now = time.time()
+    children = sandbox_processes(pool.container_ids())
+    state: dict[str, Any] = {
+        "id": context.owner, "host": socket.gethostname(), "pid": os.getpid(), "queues": ",".join(queues),
+        "state": "busy" if context.current_batch else "idle", "current_batch": context.current_batch,
+        "batch_started": context.batch_started if context.current_batch else 0, "started_at": started,
+        "last_heartbeat": now, "cpu_percent": process.cpu_percent(), "rss_mib": process.memory_info().rss >> 20,
+        "sandbox_cpu_percent": sum(p.cpu_percent() for p in children),
+        "sandbox_rss_mib": sum(_rss(p) for p in children) >> 20,
+        "sandboxes_idle": pool.idle_count(), "sandboxes_live": len(pool.container_ids()),
+        "sandboxes_started": pool.started, **{f"count_{k}": v for k, v in context.counts.items()},
+    }
+    ttl = int(context.settings.heartbeat_s * 3) + 1
+    with context.connection.pipeline() as pipe:
+        pipe.hset(broker.worker_key(context.owner), mapping=state)
+        pipe.expire(broker.worker_key(context.owner), ttl)
+        pipe.sadd(broker.WORKERS_SET, context.owner)
+        pipe.hset(broker.LAST_SEEN, context.owner, now)
+        pipe.execute()
+
+
+_PROCESS_CACHE: dict[int, psutil.Process] = {}
+
+
+def sandbox_processes(container_ids: list[str]) -> list[psutil.Process]:
+    """gVisor's host processes (sentry, gofer) of these containers; reused so cpu_percent has a baseline."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if "runsc" in cmdline and any(cid in cmdline for cid in container_ids):
+            found.append(_PROCESS_CACHE.setdefault(proc.pid, proc))
+    return found
+
+
+def _rss(proc: psutil.Process) -> int:
+    try:
+        return proc.memory_info().rss
+    except psutil.Error:
+        return 0
+
+
+def housekeeping(context: WorkerContext, pool: SandboxPool, queues: list[str], stop: threading.Event) -> None:
+    started, process = time.time(), psutil.Process()
+    process.cpu_percent()
+    client = pool.client
+    next_sweep = 0.0
+    while not stop.is_set():
+        try:
+            publish_state(context, pool, queues, started, process)
+            if time.monotonic() >= next_sweep:
+                broker.requeue_abandoned(context.connection, grace_s=context.settings.heartbeat_s * 3)
+                reap_orphans(client, lambda owner: bool(context.connection.exists(broker.worker_key(owner))))
+                next_sweep = time.monotonic() + context.settings.heartbeat_s * 2
+        except (redis.RedisError, OSError) as exc:
+            log.warning("housekeeping failed (will retry): %s", exc)
+        except Exception:  # docker or psutil hiccups must not kill the thread that keeps us visible
+            log.exception("housekeeping failed (will retry)")
+        stop.wait(context.settings.heartbeat_s)
+
+
+def serve(settings: Settings, queues: list[str], burst: bool, canary_policy: str) -> None:
+    owner = owner_id()
+    policies = load_all_policies(settings.policies_dir)
+    client = docker_client()
+    image = require_image(client, settings.images_dir)
+    connection = broker.connect(settings.redis_url)
+    connection.ping()
+    reap_orphans(client, lambda o: bool(connection.exists(broker.worker_key(o))))
+    pool = SandboxPool(client, image, owner, max_runs=settings.sandbox_max_runs)
+    runner = Runner(pool, policies, infra_attempts=settings.infra_attempts)
+    context = WorkerContext(runner=runner, connection=connection, settings=settings, owner=owner)
+    stop = threading.Event()
+    try:
+        run_canaries(runner, canary_policy)
+        install(context)
+        thread = threading.Thread(target=housekeeping, args=(context, pool, queues, stop), daemon=True)
+        thread.start()
+        log.info("worker %s serving %s with image %s", owner, ", ".join(queues), image)
+        _work(settings, connection, owner, queues, burst)
+    finally:
+        stop.set()
+        pool.close()
+        try:
+            connection.delete(broker.worker_key(owner))
+            connection.srem(broker.WORKERS_SET, owner)
+            connection.hdel(broker.LAST_SEEN, owner)
+        except redis.RedisError:
+            pass
+
+
+def _work(settings: Settings, connection: redis.Redis, owner: str, queues: list[str], burst: bool) -> None:
+    """Run RQ's loop; if Redis goes away, wait for it and carry on."""
+    while True:
+        worker = SimpleWorker([broker.queue(connection, name) for name in queues], connection=connection,
+                              serializer=JSONSerializer, name=f"sandbox-{owner}-{time.monotonic_ns()}")
+        try:
+            worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")
+            return
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if worker._stop_requested:
+                return
+            log.warning("lost Redis (%s); reconnecting", exc)
+            _wait_for_redis(connection)
+
+
+def _wait_for_redis(connection: redis.Redis) -> None:
+    delay = 0.5
+    while True:
+        try:
+            connection.ping()
+            return
+        except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError):
+            time.sleep(delay)
+            delay = min(delay * 2, 5)
+
+
+def run_pool(concurrency: int, argv: list[str]) -> int:
+    """Start ``concurrency`` single-process workers and pass SIGTERM/SIGINT on to them."""
+    children = [subprocess.Popen([sys.executable, "-m", "worker.main", "--concurrency", "1", *argv])
+                for _ in range(concurrency)]
+
+    def forward(signum: int, _frame: Any) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    return max(child.wait() for child in children)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--concurrency", "-c", default=1, show_default=True, type=click.IntRange(1, 256),
+              help="Worker processes; each runs one batch at a time in its own warm sandboxes.")
+@click.option("--queues", default=",".join(broker.QUEUES), show_default=True,
+              help="Queues to serve, in priority order.")
+@click.option("--redis-url", envvar="SANDBOX_REDIS_URL", default=None, help="Redis URL [env SANDBOX_REDIS_URL].")
+@click.option("--burst", is_flag=True, help="Exit when the queues are empty (for scripts and tests).")
+@click.option("--canary-policy", default="humaneval", show_default=True, help="Policy the start-up canaries use.")
+@click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
+def main(concurrency: int, queues: str, redis_url: str | None, burst: bool, canary_policy: str,
+         verbose: bool) -> None:
+    """Serve the sandbox queues: run each queued batch in warm gVisor sandboxes.
+
+    \b
+    sandbox-worker --concurrency 2           # two processes on this host
+    SANDBOX_REDIS_URL=redis://10.0.0.5:6379 sandbox-worker -c 8   # more hosts: same Redis
+    """
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    queue_names = [name.strip() for name in queues.split(",") if name.strip()]
+    for name in queue_names:
+        if name not in broker.QUEUES:
+            raise click.BadParameter(f"unknown queue {name!r}; known: {', '.join(broker.QUEUES)}", param_hint="--queues")
+    if concurrency > 1:
+        argv = ["--queues", queues, "--canary-policy", canary_policy, *(["--burst"] if burst else []),
+                *(["--redis-url", redis_url] if redis_url else []), *(["-v"] if verbose else [])]
+        sys.exit(run_pool(concurrency, argv))
+    settings = Settings(**({"redis_url": redis_url} if redis_url else {}))
+    try:
+        serve(settings, queue_names, burst, canary_policy)
+    except CanaryFailure as exc:
+        log.error("%s", exc)
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""The function RQ calls for each queue item: run a batch of jobs and store one result per job.
+
+The payload is JSON that came out of Redis, so every job is validated again here. Whatever goes
+wrong, each job of the batch ends with exactly one stored result: a program's outcome, or
+``infra_error`` when the service itself failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import redis
+from pydantic import ValidationError
+from rq import get_current_job
+
+from sandbox import broker
+from sandbox.models import JobResult, JobSpec, Verdict
+from sandbox.runner import Runner
+from sandbox.settings import Settings
+
+__all__ = ["WorkerContext", "install", "run_batch"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerContext:
+    """What one worker process owns; built by ``worker.main`` before it serves the queues."""
+
+    runner: Runner
+    connection: redis.Redis
+    settings: Settings
+    owner: str
+    counts: Counter[str] = field(default_factory=Counter)
+    current_batch: str = ""
+    batch_started: float = 0.0
+
+
+_context: WorkerContext | None = None
+
+
+def install(context: WorkerContext) -> None:
+    global _context
+    _context = context
+
+
+def run_batch(payload: dict[str, Any]) -> dict[str, Any]:
+    if _context is None:
+        raise RuntimeError("run_batch runs only inside `sandbox worker`, which installs its context first")
+    context = _context
+    rq_job = get_current_job()
+    batch_id = rq_job.id if rq_job is not None else "local"
+    submission, ttl = payload["submission"], int(payload["result_ttl_s"])
+    jobs, invalid = _validate(payload["jobs"])
+    stored = Counter[str]()
+
+    def store(result: JobResult, content_key: str) -> None:
+        if _with_redis_retry(lambda: broker.store_result(context.connection, submission, result, content_key, ttl)):
+            stored[result.verdict.value] += 1
+            context.counts[result.verdict.value] += 1
+
+    for result in invalid:
+        store(result, "")
+    done = _with_redis_retry(lambda: broker.known_result_ids(context.connection, submission, [j.id for j in jobs]))
+    jobs = [job for job in jobs if job.id not in done]
+    keys = {job.id: job.content_key() for job in jobs}
+    stop = _keep_lease(context, batch_id)
+    context.current_batch, context.batch_started = batch_id, time.time()
+    finished: set[str] = set()
+    try:
+        for result in context.runner.iter_results(jobs):
+            store(result, keys[result.job_id])
+            finished.add(result.job_id)
+    except Exception as exc:  # a bug or a lost engine must not lose the rest of the batch
+        log.exception("batch %s failed", batch_id)
+        for job in jobs:
+            if job.id not in finished:
+                store(JobResult(job_id=job.id, verdict=Verdict.infra_error, error=f"worker failure: {exc}",
+                                metadata=job.metadata), keys[job.id])
+        context.counts["batches_failed"] += 1
+    finally:
+        stop()
+        context.current_batch = ""
+        _with_redis_retry(lambda: broker.release_lease(context.connection, batch_id))
+    context.counts["batches"] += 1
+    return {"samples": len(payload["jobs"]), "stored": dict(stored)}
+
+
+def _validate(raw_jobs: list[Any]) -> tuple[list[JobSpec], list[JobResult]]:
+    jobs, invalid = [], []
+    for raw in raw_jobs:
+        try:
+            jobs.append(JobSpec.model_validate(raw))
+        except ValidationError as exc:
+            job_id = str(raw.get("id", "unknown")) if isinstance(raw, dict) else "unknown"
+            invalid.append(JobResult(job_id=job_id, verdict=Verdict.error, error=f"invalid job: {exc}"))
+    return jobs, invalid
+
+
+def _keep_lease(context: WorkerContext, batch_id: str) -> Callable[[], None]:
+    """Renew the batch's lease until stopped; a worker that dies stops renewing it."""
+    interval = context.settings.heartbeat_s
+    stopped = threading.Event()
+
+    def renew() -> None:
+        while not stopped.is_set():
+            try:
+                broker.renew_lease(context.connection, batch_id, context.owner, ttl_s=interval * 3)
+            except redis.RedisError as exc:
+                log.warning("could not renew lease of %s: %s", batch_id, exc)
+            stopped.wait(interval)
+
+    thread = threading.Thread(target=renew, name="lease", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        stopped.set()
+        thread.join(timeout=5)
+
+    return stop
+
+
+def _with_redis_retry(action: Callable[[], Any], give_up_after_s: float = 300) -> Any:
+    """Redis may restart under us: wait for it rather than drop a result."""
+    deadline = time.monotonic() + give_up_after_s
+    delay = 0.2
+    while True:
+        try:
+            return action()
+        except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError) as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("Redis unavailable (%s); retrying in %.1f s", exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5)
