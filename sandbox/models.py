@@ -127,6 +127,7 @@ class JobResult(_Frozen):
     cpu_time_s: float | None = None
     peak_memory_kib: int | None = None
     runtime: str = ""
+    sandbox_id: str = Field(default="", description="container that ran the job (short id)")
     attempts: int = 1
     reused: bool = False
     metadata: dict[str, Any] = Field(default_factory=dict)

@@ -33,7 +33,7 @@ def reap_orphans(client: docker.DockerClient, heartbeat_alive: Callable[[str], b
     """Force-remove labelled containers whose owner is dead; returns their ids."""
     removed = []
     for container in client.containers.list(all=True, sparse=True, filters={"label": SERVICE_LABEL}):
-        owner = container.labels.get(OWNER_LABEL, "")
+        owner = (container.attrs.get("Labels") or {}).get(OWNER_LABEL, "")  # sparse listing: no inspect race
         local = owner_alive_locally(owner)
         alive = local if local is not None else heartbeat_alive(owner)
         if alive:

@@ -127,7 +127,7 @@ class Runner:
         while batches:
             batch = batches.popleft()
             try:
-                reply, runtime = self._execute(batch)
+                reply, runtime, sandbox_id = self._execute(batch)
             except InfrastructureError as exc:
                 if len(batch) > 1:  # isolate whichever sample brought the sandbox down
                     batches.extend([p] for p in batch)
@@ -144,14 +144,15 @@ class Runner:
             by_id = {p.job.id: p for p in batch}
             for sample in reply["samples"]:
                 prepared = by_id[sample["id"]]
-                yield to_result(prepared, sample, runtime, attempts=len(failures[prepared.job.id]) + 1)
+                yield to_result(prepared, sample, runtime, sandbox_id, attempts=len(failures[prepared.job.id]) + 1)
             unrun = [by_id[job_id] for job_id in reply["unrun"]]
             if unrun:
                 batches.append(unrun)
 
-    def _execute(self, batch: list[PreparedJob]) -> tuple[dict[str, Any], str]:
+    def _execute(self, batch: list[PreparedJob]) -> tuple[dict[str, Any], str, str]:
         policy = batch[0].policy
         sandbox = self.pool.acquire(policy)
+        sandbox_id = sandbox.id[:12]
         deadline = policy.job_wall_time_s * len(batch) + policy.check_cpu_time_s * 2 + HOST_STARTUP_MARGIN_S
         try:
             reply = sandbox.run(batch_message(batch), timeout_s=deadline)
@@ -162,7 +163,7 @@ class Runner:
             self.pool.discard(sandbox)
             raise InfrastructureError(f"the checker failed: {reply['checker_error']}")
         self.pool.release(sandbox, recycle=bool(reply.get("recycle")))
-        return reply, sandbox.runtime
+        return reply, sandbox.runtime, sandbox_id
 
 
 def _final_failure(prepared: PreparedJob, failures: list[InfrastructureError], attempts: int) -> JobResult | None:
@@ -190,7 +191,8 @@ def _whole_job_result(prepared: PreparedJob, verdict: Verdict, status: TestStatu
                      attempts=attempts, metadata=prepared.job.metadata, runtime=prepared.policy.runtime)
 
 
-def to_result(prepared: PreparedJob, sample: dict[str, Any], runtime: str, attempts: int = 1) -> JobResult:
+def to_result(prepared: PreparedJob, sample: dict[str, Any], runtime: str, sandbox_id: str = "",
+              attempts: int = 1) -> JobResult:
     """Turn the supervisor's report on one sample into the job's result."""
     tests, verdict, error = _judge(prepared, sample)
     return JobResult(
@@ -198,7 +200,7 @@ def to_result(prepared: PreparedJob, sample: dict[str, Any], runtime: str, attem
         stdout=sample.get("stdout", ""), stderr=sample.get("stderr", ""),
         stdout_truncated=bool(sample.get("stdout_truncated")), stderr_truncated=bool(sample.get("stderr_truncated")),
         wall_time_s=sample.get("wall_s"), cpu_time_s=sample.get("cpu_s"), peak_memory_kib=sample.get("max_rss_kib"),
-        runtime=runtime, attempts=attempts, metadata=prepared.job.metadata)
+        runtime=runtime, sandbox_id=sandbox_id, attempts=attempts, metadata=prepared.job.metadata)
 
 
 def _judge(prepared: PreparedJob, sample: dict[str, Any]) -> tuple[tuple[TestResult, ...], Verdict, str]:

@@ -22,6 +22,10 @@ import replay  # noqa: E402
 import values  # noqa: E402
 
 
+# Bound before the program runs, so a program that patches `json` or `os` does not break its own record.
+_encode_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
 class Recorder:
     def __init__(self, out: Any) -> None:
         self.out = out
@@ -29,7 +33,7 @@ class Recorder:
         self.counters: dict[str, int] = {}
 
     def emit(self, event: dict[str, Any]) -> None:
-        self.out.write(json.dumps(event) + "\n")
+        self.out.write(_encode_json(event) + "\n")
         self.out.flush()
 
     def wrap(self, function: Callable[..., Any], label: str) -> Callable[..., Any]:

@@ -16,11 +16,12 @@ from typing import Any
 import values
 
 TEST_FUNCTION = "__sandbox_test__"
+_encode_key = json.JSONEncoder(sort_keys=True).encode  # bound before any program can patch json
 
 
 def call_key(label: str, args: tuple[Any, ...], kwargs: dict[str, Any], counters: dict[str, int]) -> str:
     """Key a call by its encoded arguments, or by call position when they cannot be encoded."""
-    encoded = json.dumps(values.encode([list(args), kwargs]), sort_keys=True)
+    encoded = _encode_key(values.encode([list(args), kwargs]))
     if '"unsupported"' in encoded:
         counters[label] = counters.get(label, 0) + 1
         return f"{label}#{counters[label]}"

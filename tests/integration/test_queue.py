@@ -1,0 +1,197 @@
+"""End to end through a real Redis, real workers and gVisor: batches, resume, faults, isolation."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Iterator
+
+import docker
+import pytest
+
+from sandbox.client import Client
+from sandbox.container import OWNER_LABEL, SERVICE_LABEL
+from sandbox.models import JobSpec, Verdict
+from sandbox.settings import REPO_ROOT, Settings
+from tests.integration.services import RedisServer, Worker
+
+pytestmark = pytest.mark.integration
+
+CHECK = "def check(candidate):\n    assert candidate(2) == 4\n    assert candidate(5) == 25\n"
+GOOD = "def f(x):\n    return x * x\n"
+BAD = "def f(x):\n    return x + x\n"
+
+
+def slow(seconds: float, tag: int) -> str:
+    return (f"import time\n# {tag}\ndef f(x):\n    start = time.process_time()\n"
+            f"    while time.process_time() - start < {seconds / 2}:\n        pass\n    return x * x\n")
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(redis_server: RedisServer) -> Settings:
+    return Settings(redis_url=redis_server.url, heartbeat_s=1.0, batch_size=4)
+
+
+@pytest.fixture
+def workers(redis_server: RedisServer, tmp_path: Path, client: docker.DockerClient,
+            image: str) -> Iterator[list[Worker]]:
+    started: list[Worker] = []
+    yield started
+    for worker in started:
+        worker.close()
+    time.sleep(0.5)
+    left = []
+    for worker in started:
+        for container in client.containers.list(all=True, sparse=True,
+                                                filters={"label": [SERVICE_LABEL, f"{OWNER_LABEL}={worker.owner}"]}):
+            left.append(container.id)
+            container.remove(force=True)
+    assert not left, f"sandboxes left behind by test workers: {left}"
+
+
+def start_worker(workers: list[Worker], server: RedisServer, tmp_path: Path, client_settings: Settings) -> Worker:
+    worker = Worker(server.url, tmp_path / f"worker-{len(workers)}.log")
+    workers.append(worker)
+    worker.wait_ready(Client(client_settings).connection)
+    return worker
+
+
+def jobs_of(programs: list[str], prefix: str = "job") -> list[JobSpec]:
+    return [JobSpec(id=f"{prefix}-{i}", program=p, check=CHECK, entry_point="f", policy="humaneval",
+                    metadata={"i": i}) for i, p in enumerate(programs)]
+
+
+def test_batch_every_job_answered_once_with_reuse(settings: Settings, redis_server: RedisServer,
+                                                  workers: list[Worker], tmp_path: Path) -> None:
+    start_worker(workers, redis_server, tmp_path, settings)
+    programs = [GOOD if i % 3 else BAD for i in range(12)] + [f"def f(x):\n    return x ** 2  # {i}\n" for i in range(8)]
+    client = Client(settings)
+    results = list(client.submit(jobs_of(programs)).results(idle_timeout_s=120))
+    ids = [r.job_id for r in results]
+    assert sorted(ids) == sorted(f"job-{i}" for i in range(20)) and len(ids) == len(set(ids))
+    by_id = {r.job_id: r for r in results}
+    for i, program in enumerate(programs):
+        assert by_id[f"job-{i}"].verdict is (Verdict.failed if program == BAD else Verdict.passed)
+        assert by_id[f"job-{i}"].metadata == {"i": i}
+        assert by_id[f"job-{i}"].runtime == "runsc"
+    # 12 jobs are copies of 2 programs: only the first of each ran; the rest were reused.
+    assert sum(r.reused for r in results) == 10
+    again = client.run(jobs_of([GOOD], prefix="later"))[0]
+    assert again.reused and again.verdict is Verdict.passed and again.job_id == "later-0"
+
+
+def test_cli_submit_reports_bad_lines_and_resumes(settings: Settings, redis_server: RedisServer,
+                                                  workers: list[Worker], tmp_path: Path) -> None:
+    start_worker(workers, redis_server, tmp_path, settings)
+    jobs_file, out = tmp_path / "jobs.jsonl", tmp_path / "results.jsonl"
+    lines = [json.loads(j.model_dump_json(exclude_none=True)) for j in jobs_of([GOOD, BAD, f"{GOOD}# x\n"])]
+    with jobs_file.open("w") as handle:
+        handle.write(json.dumps(lines[0]) + "\n")
+        handle.write("{not json\n")
+        handle.write(json.dumps({**lines[1], "language": "cobol"}) + "\n")
+        handle.write(json.dumps(lines[1]) + "\n")
+        handle.write(json.dumps(lines[2]) + "\n")
+    env = {"SANDBOX_REDIS_URL": settings.redis_url, "PATH": "/usr/bin:/bin"}
+
+    def submit(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "sandbox.cli", "submit", str(jobs_file), "--out", str(out), *extra],
+                              capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=300)
+
+    refused = submit()
+    assert refused.returncode == 2 and not out.exists()
+    assert "jobs.jsonl:2: not valid JSON" in refused.stderr
+    assert "jobs.jsonl:3: language: Value error, unsupported language 'cobol'" in refused.stderr
+    partial = submit("--skip-invalid")
+    assert partial.returncode == 2, partial.stderr
+    results = [json.loads(line) for line in out.read_text().splitlines()]
+    assert Counter(r["job_id"] for r in results) == {"job-0": 1, "job-1": 1, "job-2": 1}
+    with out.open("r+") as handle:  # simulate a crash in the middle of writing the last line
+        content = handle.read()
+        handle.seek(0)
+        handle.truncate()
+        handle.write(content[: content.rindex('{"job_id"') + 30])
+    resumed = submit("--skip-invalid")
+    assert "1 to run" in resumed.stderr, resumed.stderr
+    ids = [json.loads(line)["job_id"] for line in out.read_text().splitlines() if line.endswith("}")]
+    assert sorted(ids) == ["job-0", "job-1", "job-2"]
+
+
+def test_no_leakage_between_samples_sharing_a_sandbox(settings: Settings, redis_server: RedisServer,
+                                                      workers: list[Worker], tmp_path: Path) -> None:
+    start_worker(workers, redis_server, tmp_path, settings)
+    polluter = """
+import builtins, os, sys, json
+open('in-scratch.txt', 'w').write('left')
+open(os.path.join(os.environ['HOME'], 'home.txt'), 'w').write('left')
+os.environ['LEAK'] = '1'
+builtins.LEAKED = True
+json.dumps = lambda *a, **k: 'patched'
+def f(x):
+    return x * x
+"""
+    probe = """
+import builtins, os, json
+def f(x):
+    clean = (not os.listdir('.') and 'LEAK' not in os.environ and not hasattr(builtins, 'LEAKED')
+             and json.dumps([1]) == '[1]' and os.listdir('/tmp') == [os.path.basename(os.getcwd())])
+    return x * x if clean else (os.listdir('.'), os.listdir('/tmp'))
+"""
+    results = Client(settings).run(jobs_of([polluter, probe]))
+    assert [r.verdict for r in results] == [Verdict.passed, Verdict.passed], results
+    assert results[0].sandbox_id == results[1].sandbox_id  # same warm sandbox, fresh process and scratch
+
+
+def test_worker_killed_mid_batch_loses_nothing(settings: Settings, redis_server: RedisServer,
+                                               workers: list[Worker], tmp_path: Path,
+                                               client: docker.DockerClient) -> None:
+    victim = start_worker(workers, redis_server, tmp_path, settings)
+    submission = Client(settings).submit(jobs_of([slow(0.6, i) for i in range(12)]))
+    stream = submission.results(idle_timeout_s=120)
+    first = next(stream)
+    victim.kill()  # SIGKILL: no finally, no cleanup, its batch and its sandboxes are abandoned
+    start_worker(workers, redis_server, tmp_path, settings)
+    rest = list(stream)
+    ids = [first.job_id] + [r.job_id for r in rest]
+    assert sorted(ids) == sorted(f"job-{i}" for i in range(12)) and len(set(ids)) == 12
+    assert all(r.verdict is Verdict.passed for r in [first, *rest])
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and client.containers.list(
+            all=True, sparse=True, filters={"label": f"{OWNER_LABEL}={victim.owner}"}):
+        time.sleep(0.5)
+    assert not client.containers.list(all=True, sparse=True, filters={"label": f"{OWNER_LABEL}={victim.owner}"})
+
+
+def test_redis_restart_during_a_run(settings: Settings, redis_server: RedisServer, workers: list[Worker],
+                                    tmp_path: Path) -> None:
+    start_worker(workers, redis_server, tmp_path, settings)
+    submission = Client(settings).submit(jobs_of([slow(0.3, i) for i in range(16)]))
+    stream = submission.results(idle_timeout_s=120)
+    first = next(stream)
+    redis_server.restart(down_s=2)
+    rest = list(stream)
+    ids = sorted([first.job_id] + [r.job_id for r in rest])
+    assert ids == sorted(f"job-{i}" for i in range(16))
+    assert all(r.verdict is Verdict.passed for r in [first, *rest])
+
+
+def test_sigterm_finishes_the_batch_in_hand(settings: Settings, redis_server: RedisServer, workers: list[Worker],
+                                            tmp_path: Path) -> None:
+    worker = start_worker(workers, redis_server, tmp_path, settings)
+    submission = Client(settings).submit(jobs_of([slow(0.6, i) for i in range(4)]))
+    stream = submission.results(idle_timeout_s=60)
+    first = next(stream)
+    assert worker.terminate() == 0
+    rest = list(stream)  # the batch in hand was finished before the worker left
+    assert sorted([first.job_id] + [r.job_id for r in rest]) == [f"job-{i}" for i in range(4)]
