@@ -86,6 +86,25 @@ def _check_image(settings: Settings) -> bool:
     return present
 
 
+@main.command(context_settings=CONTEXT)
+@click.pass_obj
+def setup(settings: Settings) -> None:
+    """Make this machine ready, idempotently: doctor --fix, validate policies, build the image.
+
+    Installs the Docker engine, gVisor, Redis and debootstrap if missing (needs root), starts
+    dockerd and redis-server, and builds the sandbox image (about a minute the first time).
+    """
+    from sandbox.container import docker_client
+    from sandbox.host import run_doctor
+    from sandbox.images import build_image, load_definition
+    from sandbox.policy import load_all_policies
+
+    if not run_doctor(fix=True, say=click.echo):
+        fail("the host is not ready (see above)")
+    click.echo(f"[ok]   policies: {', '.join(load_all_policies(settings.policies_dir))}")
+    build_image(docker_client(), load_definition(settings.images_dir), say=lambda line: click.echo(f"[image] {line}"))
+
+
 @main.group(context_settings=CONTEXT)
 def images() -> None:
     """Build and inspect sandbox images (made from Debian packages; no registry needed)."""
