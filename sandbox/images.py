@@ -25,7 +25,7 @@ from sandbox.errors import ImageMissing, InfrastructureError
 __all__ = ["ImageDefinition", "load_definition", "require_image", "image_exists", "build_image", "debian_mirror", "HARNESS_DIR"]
 
 HARNESS_DIR = Path(__file__).parent / "harness"
-HARNESS_FILES = ("protocol.py", "values.py", "replay.py", "candidate.py", "checker.py", "supervisor.py")
+HARNESS_FILES = ("startup.py", "protocol.py", "values.py", "replay.py", "candidate.py", "checker.py", "supervisor.py")
 CACHE_DIR = Path("/var/cache/sandbox-exec")
 
 

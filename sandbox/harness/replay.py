@@ -11,7 +11,9 @@ from __future__ import annotations
 import builtins
 import json
 import random
-from typing import Any
+TYPE_CHECKING = False  # importing typing costs ~4 ms per process under gVisor
+if TYPE_CHECKING:
+    from typing import Any
 
 import values
 

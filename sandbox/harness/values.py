@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import collections
 import math
-from typing import Any
+TYPE_CHECKING = False  # importing typing costs ~4 ms per process under gVisor
+if TYPE_CHECKING:
+    from typing import Any
 
 MAX_DEPTH = 64
 MAX_ITEMS = 200_000

@@ -323,3 +323,9 @@ def check(candidate):
     program = "import random\ndef f(a, b):\n    random.random()\n    return a + b\n"
     result = runner.run([job(program, check)])[0]
     assert result.verdict is Verdict.passed, result
+
+
+def test_site_builtins_exist_for_programs(runner: Runner) -> None:
+    program = "def f():\n    return [callable(exit), callable(quit), 'dist-packages' in ''.join(__import__('sys').path)]\n"
+    result = runner.run([job(program, "def check(candidate):\n    assert candidate() == [True, True, True]\n")])[0]
+    assert result.verdict is Verdict.passed, result
