@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from datetime import timezone
 from typing import Iterable
 
 import redis
@@ -22,12 +23,13 @@ from rq import Queue
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
+from rq.utils import utcparse
 
 from sandbox.models import JobResult, JobSpec, Verdict
 
 __all__ = ["QUEUES", "connect", "queue", "enqueue_batch", "store_result", "pop_results", "known_result_ids",
            "cached_results", "renew_lease", "release_lease", "requeue_abandoned", "worker_key", "WORKERS_SET",
-           "LAST_SEEN", "verdict_key", "TASK"]
+           "LAST_SEEN", "verdict_key", "enqueued_key", "TOTALS", "DURATIONS", "DURATION_BUCKETS", "WORKER_LAST", "TASK"]
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +87,29 @@ def verdict_key(minute: int) -> str:
     return f"{PREFIX}:verdicts:{minute}"
 
 
+def enqueued_key(minute: int) -> str:
+    return f"{PREFIX}:enqueued:{minute}"
+
+
+TOTALS = f"{PREFIX}:stats:totals"            # verdict -> samples, since the Redis data began
+DURATIONS = f"{PREFIX}:stats:duration"       # histogram of sample wall time: bucket -> count, plus sum
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+WORKER_LAST = f"{PREFIX}:worker-last:"       # last state of each worker, kept after it goes silent
+
+
 def enqueue_batch(connection: redis.Redis, queue_name: str, submission: str, jobs: list[JobSpec],
                   timeout_s: float, result_ttl_s: int) -> str:
     payload = {"submission": submission, "result_ttl_s": result_ttl_s,
                "jobs": [job.model_dump(mode="json") for job in jobs]}
     rq_job = queue(connection, queue_name).enqueue(
         TASK, payload, job_id=f"batch-{uuid.uuid4().hex}", job_timeout=int(timeout_s) + QUEUE_TIMEOUT_MARGIN_S,
-        result_ttl=600, failure_ttl=24 * 3600, meta={"submission": submission, "samples": len(jobs)})
+        result_ttl=600, failure_ttl=24 * 3600,
+        meta={"submission": submission, "samples": len(jobs), "expected_s": timeout_s})
+    minute = int(time.time() // 60)
+    with connection.pipeline() as pipe:
+        pipe.hincrby(enqueued_key(minute), queue_name, len(jobs))
+        pipe.expire(enqueued_key(minute), 3 * 3600)
+        pipe.execute()
     return str(rq_job.id)
 
 
@@ -107,6 +125,11 @@ def store_result(connection: redis.Redis, submission: str, result: JobResult, co
         with connection.pipeline() as pipe:
             pipe.hincrby(verdict_key(minute), result.verdict.value, 1)
             pipe.expire(verdict_key(minute), 3 * 3600)
+            pipe.hincrby(TOTALS, result.verdict.value, 1)
+            if result.wall_time_s is not None:
+                bucket = next((str(b) for b in DURATION_BUCKETS if result.wall_time_s <= b), "+Inf")
+                pipe.hincrby(DURATIONS, bucket, 1)
+                pipe.hincrbyfloat(DURATIONS, "sum", result.wall_time_s)
             pipe.execute()
     return bool(stored)
 
@@ -171,11 +194,12 @@ def requeue_abandoned(connection: redis.Redis, grace_s: float) -> list[str]:
 
 def _older_than(connection: redis.Redis, rq_job_id: str, seconds: float) -> bool:
     started = connection.hget(f"rq:job:{rq_job_id}", "started_at")
-    if started is None:
-        return True
-    from rq.utils import utcparse
+    return started is None or time.time() - rq_timestamp(started) > seconds
 
-    return time.time() - utcparse(started.decode()).timestamp() > seconds
+
+def rq_timestamp(raw: bytes) -> float:
+    """Seconds since the epoch of a timestamp RQ stored (UTC, without a zone)."""
+    return utcparse(raw.decode()).replace(tzinfo=timezone.utc).timestamp()
 
 
 def _requeue(connection: redis.Redis, rq_queue: Queue, rq_job_id: str) -> str | None:

@@ -444,6 +444,85 @@ def filter_command(settings: Settings, candidates_file: Path, samples_file: Path
             click.echo(f"dropped {len(tasks)} {label} ({why}): {names}")
 
 
+# -- operations ----------------------------------------------------------------------------------
+def _snapshot(settings: Settings) -> dict[str, Any]:
+    from sandbox import broker
+    from sandbox.container import docker_client
+    from sandbox.monitor import snapshot
+
+    try:
+        engine = docker_client()
+    except SandboxError:
+        engine = None  # status still works from a host without the engine; orphan checks are skipped
+    return snapshot(broker.connect(settings.redis_url), engine, settings.heartbeat_s)
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print the snapshot as JSON.")
+@click.pass_obj
+def status(settings: Settings, as_json: bool) -> None:
+    """One screen on the pool: queues, workers (CPU, memory, sandboxes), verdict mix, warnings.
+
+    Exit status 1 when there are warnings, so scripts and cron can alert on it.
+    """
+    from sandbox.monitor import render
+
+    state = _snapshot(settings)
+    click.echo(json.dumps(state, indent=2, default=str) if as_json else render(state, style=click.style))
+    sys.exit(1 if state["warnings"] else 0)
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--interval", default=2.0, show_default=True, type=click.FloatRange(0.2), help="Seconds between refreshes.")
+@click.pass_obj
+def top(settings: Settings, interval: float) -> None:
+    """`sandbox status`, refreshed live until Ctrl-C."""
+    import time
+
+    from sandbox.monitor import render
+
+    try:
+        while True:
+            screen = render(_snapshot(settings), style=click.style)
+            click.echo("\x1b[H\x1b[2J" + screen, nl=True)
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
+@click.option("--port", default=9464, show_default=True, type=click.IntRange(1, 65535))
+@click.pass_obj
+def metrics(settings: Settings, host: str, port: int) -> None:
+    """Serve Prometheus metrics for the whole pool at http://HOST:PORT/metrics until stopped."""
+    import threading
+
+    from sandbox import broker
+    from sandbox.metrics import PoolCollector, serve_metrics
+
+    connection = broker.connect(settings.redis_url)
+    serve_metrics(PoolCollector(lambda: _snapshot(settings), connection), host, port)
+    click.echo(f"serving metrics on http://{host}:{port}/metrics", err=True)
+    threading.Event().wait()
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("probe", type=click.Choice(["livez", "readyz"]))
+@click.option("--port", default=8081, show_default=True, help="The worker's --health-port.")
+def health(probe: str, port: int) -> None:
+    """Ask a local worker's health endpoint (for compose or Kubernetes exec probes); exit 0 if healthy."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/{probe}", timeout=5) as response:
+            click.echo(response.read().decode())
+    except (urllib.error.URLError, OSError) as exc:
+        click.echo(f"unhealthy: {exc}", err=True)
+        sys.exit(1)
+
+
 STATUS_COLORS = {"passed": "green", "failed": "red", "error": "red", "timeout": "yellow", "not_run": "yellow",
                  "infra_error": "magenta"}
 

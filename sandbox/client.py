@@ -78,6 +78,7 @@ class Submission:
         self._batches: deque[list[PreparedJob]] = deque()
         self._outstanding: set[str] = set()
         self._plan(prepared, reuse)
+        self._enqueue_what_fits()
 
     def _plan(self, prepared: list[PreparedJob], reuse: bool) -> None:
         representatives: dict[str, PreparedJob] = {}

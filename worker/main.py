@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import click
@@ -84,6 +85,8 @@ def publish_state(context: WorkerContext, pool: SandboxPool, queues: list[str], 
         pipe.expire(broker.worker_key(context.owner), ttl)
         pipe.sadd(broker.WORKERS_SET, context.owner)
         pipe.hset(broker.LAST_SEEN, context.owner, now)
+        pipe.hset(broker.WORKER_LAST + context.owner, mapping=state)
+        pipe.expire(broker.WORKER_LAST + context.owner, 24 * 3600)
         pipe.execute()
 
 
@@ -107,12 +110,45 @@ def _rss(proc: psutil.Process) -> int:
         return 0
 
 
-def housekeeping(context: WorkerContext, pool: SandboxPool, queues: list[str], stop: threading.Event) -> None:
+class Health:
+    """Liveness: the housekeeping loop is turning. Readiness: canaries passed and not shutting down."""
+
+    def __init__(self, heartbeat_s: float) -> None:
+        self.heartbeat_s = heartbeat_s
+        self.last_beat = time.monotonic()
+        self.ready = False
+
+    def live(self) -> bool:
+        return time.monotonic() - self.last_beat < 3 * self.heartbeat_s
+
+    def serve(self, port: int) -> None:
+        health = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                ok = {"/livez": health.live, "/readyz": lambda: health.live() and health.ready}.get(self.path)
+                code = 404 if ok is None else (200 if ok() else 503)
+                body = {200: b"ok\n", 503: b"not ok\n", 404: b"unknown probe\n"}[code]
+                self.send_response(code)
+                self.send_header("Content-Type", "text/plain")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
+
+
+def housekeeping(context: WorkerContext, pool: SandboxPool, queues: list[str], stop: threading.Event,
+                 health: Health) -> None:
     started, process = time.time(), psutil.Process()
     process.cpu_percent()
     client = pool.client
     next_sweep = 0.0
     while not stop.is_set():
+        health.last_beat = time.monotonic()
         try:
             publish_state(context, pool, queues, started, process)
             if time.monotonic() >= next_sweep:
@@ -126,7 +162,7 @@ def housekeeping(context: WorkerContext, pool: SandboxPool, queues: list[str], s
         stop.wait(context.settings.heartbeat_s)
 
 
-def serve(settings: Settings, queues: list[str], burst: bool, canary_policy: str) -> None:
+def serve(settings: Settings, queues: list[str], burst: bool, canary_policy: str, health_port: int) -> None:
     owner = owner_id()
     policies = load_all_policies(settings.policies_dir)
     client = docker_client()
@@ -138,20 +174,26 @@ def serve(settings: Settings, queues: list[str], burst: bool, canary_policy: str
     runner = Runner(pool, policies, infra_attempts=settings.infra_attempts)
     context = WorkerContext(runner=runner, connection=connection, settings=settings, owner=owner)
     stop = threading.Event()
+    health = Health(settings.heartbeat_s)
+    if health_port:
+        health.serve(health_port)
     try:
         run_canaries(runner, canary_policy)
         install(context)
-        thread = threading.Thread(target=housekeeping, args=(context, pool, queues, stop), daemon=True)
+        thread = threading.Thread(target=housekeeping, args=(context, pool, queues, stop, health), daemon=True)
         thread.start()
+        health.ready = True
         log.info("worker %s serving %s with image %s", owner, ", ".join(queues), image)
         _work(settings, connection, owner, queues, burst)
     finally:
+        health.ready = False
         stop.set()
         pool.close()
         try:
             connection.delete(broker.worker_key(owner))
             connection.srem(broker.WORKERS_SET, owner)
             connection.hdel(broker.LAST_SEEN, owner)
+            connection.delete(broker.WORKER_LAST + owner)
         except redis.RedisError:
             pass
 
@@ -182,10 +224,11 @@ def _wait_for_redis(connection: redis.Redis) -> None:
             delay = min(delay * 2, 5)
 
 
-def run_pool(concurrency: int, argv: list[str]) -> int:
+def run_pool(concurrency: int, argv: list[str], health_port: int) -> int:
     """Start ``concurrency`` single-process workers and pass SIGTERM/SIGINT on to them."""
-    children = [subprocess.Popen([sys.executable, "-m", "worker.main", "--concurrency", "1", *argv])
-                for _ in range(concurrency)]
+    children = [subprocess.Popen([sys.executable, "-m", "worker.main", "--concurrency", "1", *argv,
+                                  "--health-port", str(health_port + index if health_port else 0)])
+                for index in range(concurrency)]
 
     def forward(signum: int, _frame: Any) -> None:
         for child in children:
@@ -205,9 +248,11 @@ def run_pool(concurrency: int, argv: list[str]) -> int:
 @click.option("--redis-url", envvar="SANDBOX_REDIS_URL", default=None, help="Redis URL [env SANDBOX_REDIS_URL].")
 @click.option("--burst", is_flag=True, help="Exit when the queues are empty (for scripts and tests).")
 @click.option("--canary-policy", default="humaneval", show_default=True, help="Policy the start-up canaries use.")
+@click.option("--health-port", default=0, show_default=True, type=click.IntRange(0, 65535),
+              help="Serve /livez and /readyz on 127.0.0.1:PORT (process i of a pool uses PORT+i); 0 = off.")
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
 def main(concurrency: int, queues: str, redis_url: str | None, burst: bool, canary_policy: str,
-         verbose: bool) -> None:
+         health_port: int, verbose: bool) -> None:
     """Serve the sandbox queues: run each queued batch in warm gVisor sandboxes.
 
     \b
@@ -223,10 +268,10 @@ def main(concurrency: int, queues: str, redis_url: str | None, burst: bool, cana
     if concurrency > 1:
         argv = ["--queues", queues, "--canary-policy", canary_policy, *(["--burst"] if burst else []),
                 *(["--redis-url", redis_url] if redis_url else []), *(["-v"] if verbose else [])]
-        sys.exit(run_pool(concurrency, argv))
+        sys.exit(run_pool(concurrency, argv, health_port))
     settings = Settings(**({"redis_url": redis_url} if redis_url else {}))
     try:
-        serve(settings, queue_names, burst, canary_policy)
+        serve(settings, queue_names, burst, canary_policy, health_port)
     except CanaryFailure as exc:
         log.error("%s", exc)
         sys.exit(3)
