@@ -112,13 +112,21 @@ def images() -> None:
 
 @images.command("build", context_settings=CONTEXT)
 @click.option("--force", is_flag=True, help="Rebuild even if the image for this definition exists.")
+@click.option("--service", is_flag=True, help="Also build the service image docker-compose runs (Redis, workers).")
 @click.pass_obj
-def images_build(settings: Settings, force: bool) -> None:
-    """Build the Python sandbox image if its definition or the harness changed."""
-    from sandbox.container import docker_client
-    from sandbox.images import build_image, load_definition
+def images_build(settings: Settings, force: bool, service: bool) -> None:
+    """Build the Python sandbox image if its definition or the harness changed.
 
-    build_image(docker_client(), load_definition(settings.images_dir), say=click.echo, force=force)
+    With --service, also the `sandbox-service` image that docker-compose.yml runs (about two
+    minutes the first time: debootstrap, then pip installs this project into a venv).
+    """
+    from sandbox.container import docker_client
+    from sandbox.images import SERVICE, build_image, load_definition
+
+    client = docker_client()
+    build_image(client, load_definition(settings.images_dir), say=click.echo, force=force)
+    if service:
+        build_image(client, load_definition(settings.images_dir, SERVICE), say=click.echo, force=force)
 
 
 @main.command(context_settings=CONTEXT)

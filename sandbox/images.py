@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 import tomllib
@@ -25,6 +26,7 @@ from sandbox.errors import ImageMissing, InfrastructureError
 __all__ = ["ImageDefinition", "load_definition", "require_image", "image_exists", "build_image", "debian_mirror", "HARNESS_DIR"]
 
 HARNESS_DIR = Path(__file__).parent / "harness"
+SERVICE = "service"  # the image compose runs workers in; everything else under images/ is a sandbox image
 HARNESS_FILES = ("startup.py", "protocol.py", "values.py", "replay.py", "candidate.py", "checker.py", "supervisor.py")
 CACHE_DIR = Path("/var/cache/sandbox-exec")
 
@@ -55,6 +57,9 @@ def load_definition(images_dir: Path, language: str = "python") -> ImageDefiniti
     digest = hashlib.sha256(raw)
     for name in HARNESS_FILES:
         digest.update(name.encode() + b"\0" + (HARNESS_DIR / name).read_bytes())
+    if language == SERVICE:
+        for source in _project_files(images_dir.parent):
+            digest.update(str(source.relative_to(images_dir.parent)).encode() + b"\0" + source.read_bytes())
     return ImageDefinition(name=data["name"], version=str(data["version"]), suite=data["suite"],
                            variant=data.get("variant", "minbase"), packages=tuple(data["packages"]),
                            digest=digest.hexdigest())
@@ -83,7 +88,14 @@ def build_image(client: docker.DockerClient, definition: ImageDefinition,
         say(f"image {definition.tag} is up to date")
         return definition.tag
     rootfs = _rootfs(definition, say)
-    _install_harness(rootfs)
+    if definition.name.endswith(SERVICE):
+        _install_project(rootfs, say)
+        changes = ["ENV PATH=/opt/sandbox/venv/bin:/usr/bin:/bin LANG=C.UTF-8 "
+                   "SANDBOX_POLICIES_DIR=/opt/sandbox/src/policies SANDBOX_IMAGES_DIR=/opt/sandbox/src/images",
+                   "WORKDIR /opt/sandbox/src"]
+    else:
+        _install_harness(rootfs)
+        changes = ["ENV PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8", "USER 65534:65534", "WORKDIR /tmp"]
     with tempfile.NamedTemporaryFile(suffix=".tar", dir=CACHE_DIR) as archive:
         say("packing the root filesystem")
         with tarfile.open(archive.name, "w") as tar:
@@ -91,9 +103,8 @@ def build_image(client: docker.DockerClient, definition: ImageDefinition,
         say(f"importing {definition.tag}")
         repository, tag = definition.tag.split(":")
         try:
-            client.api.import_image(src=archive.name, repository=repository, tag=tag, changes=[
-                "ENV PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8", "USER 65534:65534", "WORKDIR /tmp",
-                f"LABEL io.sandbox-exec.image-digest={definition.digest}"])
+            client.api.import_image(src=archive.name, repository=repository, tag=tag,
+                                    changes=[*changes, f"LABEL io.sandbox-exec.image-digest={definition.digest}"])
         except docker.errors.APIError as exc:
             raise InfrastructureError(f"docker import failed: {exc}") from exc
     client.images.get(definition.tag).tag(repository, "latest")
@@ -131,6 +142,38 @@ def _install_harness(rootfs: Path) -> None:
         (target / name).chmod(0o644)
     # Compile with the image's own Python: the root filesystem is read-only at run time.
     subprocess.run(["chroot", str(rootfs), "python3", "-m", "compileall", "-q", "/opt/harness"], check=True)
+
+
+def _project_files(root: Path) -> list[Path]:
+    files = [root / "pyproject.toml", root / "README.md"]
+    for folder in ("sandbox", "worker", "policies", "images"):
+        files += sorted(p for p in (root / folder).rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    return files
+
+
+def _install_project(rootfs: Path, say: Callable[[str], None]) -> None:
+    """Copy the project into the image and pip-install it into a venv there (trusted service code)."""
+    root = HARNESS_DIR.parent.parent
+    target = rootfs / "opt/sandbox/src"
+    shutil.rmtree(rootfs / "opt/sandbox", ignore_errors=True)
+    for source in _project_files(root):
+        destination = target / source.relative_to(root)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, destination)
+    wheels = rootfs / "opt/sandbox/wheels"
+    say("building wheels for the service image (pip on the host, with the host's own configuration)")
+    # Debian's Python is 3.11.2, where redis also needs async-timeout; the host's newer Python does not.
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheels), str(target),
+                             "async-timeout>=4.0.3"], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise InfrastructureError(f"pip wheel failed: {result.stderr[-2000:]}")
+    for command in (["python3", "-m", "venv", "/opt/sandbox/venv"],
+                    ["/opt/sandbox/venv/bin/pip", "install", "--quiet", "--no-index", "--find-links", "/opt/sandbox/wheels",
+                     "sandbox-exec"]):
+        result = subprocess.run(["chroot", str(rootfs), *command], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise InfrastructureError(f"{' '.join(command)} failed in the service image: {result.stderr[-2000:]}")
+    shutil.rmtree(wheels)
 
 
 def debian_mirror(suite: str) -> str:
