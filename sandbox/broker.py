@@ -16,7 +16,7 @@ import logging
 import time
 import uuid
 from datetime import timezone
-from typing import Iterable
+from typing import Any, Iterable
 
 import redis
 from rq import Queue
@@ -61,6 +61,11 @@ def queue(connection: redis.Redis, name: str) -> Queue:
     if name not in QUEUES:
         raise ValueError(f"unknown queue {name!r}: use one of {', '.join(QUEUES)}")
     return Queue(name, connection=connection, serializer=JSONSerializer)
+
+
+def text(value: Any) -> str:
+    """Redis answers bytes (the connection does not decode); keys and fields are UTF-8 text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _results_key(submission: str) -> str:
@@ -182,11 +187,11 @@ def requeue_abandoned(connection: redis.Redis, grace_s: float) -> list[str]:
         rq_queue = queue(connection, name)
         registry = StartedJobRegistry(queue=rq_queue)
         for entry in connection.zrange(registry.key, 0, -1):
-            rq_job_id = entry.decode().split(":")[0]
+            rq_job_id = text(entry).split(":")[0]
             if connection.exists(_lease_key(rq_job_id)) or not _older_than(connection, rq_job_id, grace_s):
                 continue
             new_id = _requeue(connection, rq_queue, rq_job_id)
-            connection.zrem(registry.key, entry)
+            connection.zrem(registry.key, text(entry))
             if new_id:
                 requeued.append(new_id)
     return requeued
@@ -197,9 +202,9 @@ def _older_than(connection: redis.Redis, rq_job_id: str, seconds: float) -> bool
     return started is None or time.time() - rq_timestamp(started) > seconds
 
 
-def rq_timestamp(raw: bytes) -> float:
+def rq_timestamp(raw: Any) -> float:
     """Seconds since the epoch of a timestamp RQ stored (UTC, without a zone)."""
-    return utcparse(raw.decode()).replace(tzinfo=timezone.utc).timestamp()
+    return utcparse(text(raw)).replace(tzinfo=timezone.utc).timestamp()
 
 
 def _requeue(connection: redis.Redis, rq_queue: Queue, rq_job_id: str) -> str | None:

@@ -299,7 +299,7 @@ def _parse_ks(text: str) -> list[int]:
 
 def _load_samples(samples_file: Path | None, canonical: bool, problems: dict[str, Any],
                   skip_invalid: bool) -> tuple[Path, list[Any]]:
-    from sandbox.problems import Sample, read_samples, write_jsonl
+    from sandbox.problems import read_samples, write_jsonl
 
     if canonical == (samples_file is not None):
         fail("give a SAMPLES file, or --canonical to evaluate the problem set's own solutions")

@@ -25,7 +25,8 @@ from sandbox.errors import ImageMissing, InfrastructureError, RuntimeUnavailable
 from sandbox.harness import protocol
 from sandbox.policy import Policy
 
-__all__ = ["container_settings", "Sandbox", "docker_client", "owner_id", "SERVICE_LABEL", "OWNER_LABEL", "SANDBOX_USER", "SENTRY_MEMORY_MIB"]
+__all__ = ["container_settings", "Sandbox", "docker_client", "owner_id", "SERVICE_LABEL", "OWNER_LABEL", "SANDBOX_USER",
+           "SENTRY_MEMORY_MIB"]
 
 log = logging.getLogger(__name__)
 

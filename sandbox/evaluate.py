@@ -67,7 +67,7 @@ def evaluate(client: Client, problems: dict[str, Problem], samples: list[tuple[i
     results.update(rerun)
     rows, outcomes = [], []
     completion_ids: dict[str, int] = defaultdict(int)
-    for (line, sample), job in zip(samples, jobs):
+    for (_, sample), job in zip(samples, jobs):
         result = results[job.id]
         rows.append({
             **sample.model_dump(), "completion_id": completion_ids[sample.task_id],

@@ -16,7 +16,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 __all__ = ["Step", "steps", "run_doctor"]
 
@@ -91,26 +91,26 @@ def _fix_runsc() -> None:
 
 
 # -- docker daemon configuration -----------------------------------------------------------------
-WANTED_DAEMON = {"runtimes": {"runsc": {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none"]}},
-                 "bridge": "none", "iptables": False}
+WANTED_RUNSC = {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none"]}
 
 
-def _daemon_config() -> dict[str, object]:
+def _daemon_config() -> dict[str, Any]:
     return json.loads(DAEMON_JSON.read_text()) if DAEMON_JSON.exists() else {}
 
 
 def _check_daemon_json() -> str | None:
     config = _daemon_config()
-    runsc = config.get("runtimes", {}).get("runsc") if isinstance(config.get("runtimes"), dict) else None
-    if runsc != WANTED_DAEMON["runtimes"]["runsc"]:  # type: ignore[index]
+    runtimes = config.get("runtimes")
+    runsc = runtimes.get("runsc") if isinstance(runtimes, dict) else None
+    if runsc != WANTED_RUNSC:
         return f"runsc is not registered as wanted in {DAEMON_JSON}"
     return None
 
 
 def _fix_daemon_json() -> None:
     config = _daemon_config()
-    runtimes = dict(config.get("runtimes") or {})  # type: ignore[call-overload]
-    runtimes["runsc"] = WANTED_DAEMON["runtimes"]["runsc"]  # type: ignore[index]
+    runtimes = dict(config.get("runtimes") or {})
+    runtimes["runsc"] = WANTED_RUNSC
     config["runtimes"] = runtimes
     config.setdefault("bridge", "none")      # sandboxes need no network; keep the host's ranges untouched
     config.setdefault("iptables", False)

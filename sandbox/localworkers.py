@@ -25,7 +25,7 @@ __all__ = ["LocalWorkers", "live_workers"]
 
 def live_workers(connection: redis.Redis) -> list[str]:
     """Ids of workers whose heartbeat has not expired."""
-    members = [m.decode() for m in connection.smembers(broker.WORKERS_SET)]
+    members = [broker.text(m) for m in connection.smembers(broker.WORKERS_SET)]
     return [m for m in members if connection.exists(broker.worker_key(m))]
 
 

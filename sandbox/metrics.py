@@ -63,7 +63,7 @@ class PoolCollector(Collector):
 
     def _workers(self, state: dict[str, Any]) -> Iterator[Any]:
         count = GaugeMetricFamily("sandbox_workers", "Workers by state", labels=["state"])
-        states = {"idle": 0, "busy": 0, "silent": 0}
+        states: dict[str, float] = {"idle": 0, "busy": 0, "silent": 0}
         for worker in state["workers"]:
             states["silent" if not worker["alive"] else str(worker.get("state", "idle"))] += 1
         for name, value in states.items():
@@ -90,8 +90,9 @@ class PoolCollector(Collector):
         yield from families.values()
 
     def _durations(self) -> HistogramMetricFamily:
-        raw = {k.decode(): float(v) for k, v in self.connection.hgetall(broker.DURATIONS).items()}
-        buckets, running = [], 0.0
+        raw = {broker.text(k): float(v) for k, v in self.connection.hgetall(broker.DURATIONS).items()}
+        buckets: list[tuple[str, float]] = []
+        running = 0.0
         for bound in broker.DURATION_BUCKETS:
             running += raw.get(str(bound), 0)
             buckets.append((str(bound), running))

@@ -53,7 +53,7 @@ def snapshot(connection: redis.Redis, docker_client: docker.DockerClient | None,
 
 
 def _hash(connection: redis.Redis, key: str) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in connection.hgetall(key).items()}
+    return {broker.text(k): broker.text(v) for k, v in connection.hgetall(key).items()}
 
 
 def _sum_hashes(connection: redis.Redis, keys: list[str]) -> dict[str, int]:
@@ -63,7 +63,7 @@ def _sum_hashes(connection: redis.Redis, keys: list[str]) -> dict[str, int]:
             pipe.hgetall(key)
         for mapping in pipe.execute():
             for field, value in mapping.items():
-                totals[field.decode()] = totals.get(field.decode(), 0) + int(value)
+                totals[broker.text(field)] = totals.get(broker.text(field), 0) + int(value)
     return totals
 
 
@@ -78,7 +78,7 @@ def _queue(connection: redis.Redis, name: str, now: float, minute: int) -> dict[
     enqueued_recent = sum(int(connection.hget(broker.enqueued_key(m), name) or 0)
                           for m in range(minute - RATE_WINDOW_MIN + 1, minute + 1))
     registry = StartedJobRegistry(queue=rq_queue)
-    running = [_running_batch(connection, entry.decode().split(":")[0], name, now)
+    running = [_running_batch(connection, broker.text(entry).split(":")[0], name, now)
                for entry in connection.zrange(registry.key, 0, -1)]
     return {"name": name, "waiting_batches": waiting, "running": len(running), "oldest_age_s": oldest,
             "enqueued_per_min": enqueued_recent / RATE_WINDOW_MIN, "running_batches": running}
@@ -92,14 +92,14 @@ def _running_batch(connection: redis.Redis, rq_job_id: str, queue_name: str, now
         meta = Job.fetch(rq_job_id, connection=connection, serializer=JSONSerializer).meta
     except Exception:  # rq raises several types for vanished or unreadable jobs; the row is still useful
         pass
-    return {"id": rq_job_id, "queue": queue_name, "worker": lease_owner.decode() if lease_owner else None,
+    return {"id": rq_job_id, "queue": queue_name, "worker": broker.text(lease_owner) if lease_owner else None,
             "elapsed_s": now - broker.rq_timestamp(started) if started else None, "samples": meta.get("samples"),
             "expected_s": meta.get("expected_s")}
 
 
 def _workers(connection: redis.Redis, now: float, heartbeat_s: float) -> list[dict[str, Any]]:
     workers = []
-    for member in sorted(m.decode() for m in connection.smembers(broker.WORKERS_SET)):
+    for member in sorted(broker.text(m) for m in connection.smembers(broker.WORKERS_SET)):
         live = _hash(connection, broker.worker_key(member))
         last = live or _hash(connection, broker.WORKER_LAST + member)
         if not last:

@@ -15,8 +15,11 @@ WIDTH, HEIGHT, PAD = 640, 280, 48
 def write_report(path: Path, title: str, result: Score, reruns: int) -> None:
     rows = "".join(
         f"<tr><td>pass@{row.k}</td><td>{_fmt(row.value)}</td><td>{_ci(row.ci95)}</td><td>{row.problems}</td>"
-        f"<td>{html.escape(', '.join(row.too_few_samples[:10]))}{' …' if len(row.too_few_samples) > 10 else ''}</td></tr>"
+        f"<td>{html.escape(', '.join(row.too_few_samples[:10]))}"
+        f"{' …' if len(row.too_few_samples) > 10 else ''}</td></tr>"
         for row in result.table)
+    ranked = ("" if result.ranked_pass_at_1 is None
+              else f"Ranked pass@1 (highest mean log-probability): {_fmt(result.ranked_pass_at_1)}")
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font:14px system-ui,sans-serif;margin:2em;color:#222}} table{{border-collapse:collapse}}
@@ -25,9 +28,10 @@ td,th{{border:1px solid #ccc;padding:4px 10px;text-align:left}} svg{{background:
 <h1>{html.escape(title)}</h1>
 <p>{sum(n for n, _ in result.per_problem.values())} samples over {len(result.per_problem)} problems;
 {result.infra_errors} infrastructure errors (left out of n); {reruns} timed-out samples were run a second time.
-{"Ranked pass@1 (highest mean log-probability): " + _fmt(result.ranked_pass_at_1) if result.ranked_pass_at_1 is not None else ""}</p>
+{ranked}</p>
 <h2>pass@k</h2>
-<table><tr><th>metric</th><th>value</th><th>95% CI (bootstrap over problems)</th><th>problems</th><th>problems with fewer than k samples</th></tr>{rows}</table>
+<table><tr><th>metric</th><th>value</th><th>95% CI (bootstrap over problems)</th><th>problems</th>
+<th>problems with fewer than k samples</th></tr>{rows}</table>
 <h2>pass@k against k</h2>{_pass_at_k_chart(result)}
 <h2>Pass rate per problem</h2>{_per_problem_chart(result)}
 </body></html>"""

@@ -30,7 +30,7 @@ from sandbox import broker
 from sandbox.container import docker_client, owner_id
 from sandbox.images import require_image
 from sandbox.models import JobSpec, Verdict
-from sandbox.policy import load_all_policies
+from sandbox.policy import LimitOverrides, load_all_policies
 from sandbox.pool import SandboxPool
 from sandbox.reaper import reap_orphans
 from sandbox.runner import Runner
@@ -55,8 +55,9 @@ class CanaryFailure(RuntimeError):
 
 def run_canaries(runner: Runner, policy: str) -> None:
     """Known programs must get their known verdicts, or this worker must not serve."""
+    quick = LimitOverrides(cpu_time_s=1, wall_time_s=3)
     jobs = [JobSpec(id=f"canary-{name}", program=program, check=CANARY_CHECK, entry_point="add", policy=policy,
-                    limits={"cpu_time_s": 1, "wall_time_s": 3} if name == "loops" else None)
+                    limits=quick if name == "loops" else None)
             for name, program, _ in CANARIES]
     results = runner.run(jobs)
     wrong = [f"{job.id}: expected {expected.value}, got {result.verdict.value} {result.error}"
@@ -69,7 +70,7 @@ def publish_state(context: WorkerContext, pool: SandboxPool, queues: list[str], 
                   process: psutil.Process) -> None:
     now = time.time()
     children = sandbox_processes(pool.container_ids())
-    state: dict[str, Any] = {
+    state: dict[Any, Any] = {  # redis-py types hset mappings by a key union that dict[str, ...] does not match
         "id": context.owner, "host": socket.gethostname(), "pid": os.getpid(), "queues": ",".join(queues),
         "state": "busy" if context.current_batch else "idle", "current_batch": context.current_batch,
         "batch_started": context.batch_started if context.current_batch else 0, "started_at": started,
@@ -269,7 +270,7 @@ def main(concurrency: int, queues: str, redis_url: str | None, burst: bool, cana
         argv = ["--queues", queues, "--canary-policy", canary_policy, *(["--burst"] if burst else []),
                 *(["--redis-url", redis_url] if redis_url else []), *(["-v"] if verbose else [])]
         sys.exit(run_pool(concurrency, argv, health_port))
-    settings = Settings(**({"redis_url": redis_url} if redis_url else {}))
+    settings = Settings(redis_url=redis_url) if redis_url else Settings()
     try:
         serve(settings, queue_names, burst, canary_policy, health_port)
     except CanaryFailure as exc:

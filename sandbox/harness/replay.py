@@ -11,11 +11,11 @@ from __future__ import annotations
 import builtins
 import json
 import random
+import values
+
 TYPE_CHECKING = False  # importing typing costs ~4 ms per process under gVisor
 if TYPE_CHECKING:
     from typing import Any
-
-import values
 
 TEST_FUNCTION = "__sandbox_test__"
 _encode_key = json.JSONEncoder(sort_keys=True).encode  # bound before any program can patch json

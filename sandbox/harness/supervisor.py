@@ -87,7 +87,8 @@ def run_process(script: str, payload: bytes, limits: dict[str, Any], cpu_time_s:
     record_read, record_write = os.pipe()
     started = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-I", "-S", os.path.join(HERE, script), str(record_write)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        [sys.executable, "-I", "-S", os.path.join(HERE, script), str(record_write)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, pass_fds=(record_write,), cwd=scratch, env=child_env(scratch),
         preexec_fn=limiter(limits, cpu_time_s), start_new_session=True)
     os.close(record_write)

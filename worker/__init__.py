@@ -1,0 +1,1 @@
+"""The worker process shell: serves the queues by running batches with the sandbox library."""
