@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -15,8 +16,9 @@ __all__ = ["read_lines", "read_jobs", "read_result_ids"]
 
 
 def read_lines(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
-    """Yield (line number, object or None, problem) for each non-blank line."""
-    with path.open() as handle:
+    """Yield (line number, object or None, problem) for each non-blank line (``.gz`` files too)."""
+    opener: Any = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue

@@ -8,19 +8,22 @@ field (``mean_logp``, ``logprobs``...) is carried through to the results.
 
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sandbox.errors import JobValidationError
+from sandbox.jsonl import read_lines
 from sandbox.models import JobSpec
 
-__all__ = ["Problem", "Sample", "load_problems", "read_samples", "sample_job", "HUMANEVAL"]
+__all__ = ["Problem", "Sample", "load_problems", "read_samples", "sample_job", "write_jsonl", "HUMANEVAL"]
 
 HUMANEVAL = "humaneval"
+
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class Problem(BaseModel):
@@ -53,12 +56,6 @@ class Sample(BaseModel):
         return None
 
 
-def _open_text(path: Path) -> Iterator[str]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as handle:  # type: ignore[operator]
-        yield from handle
-
-
 def load_problems(source: str | Path) -> dict[str, Problem]:
     """``humaneval`` (the bundled data set) or the path of a JSONL(.gz) problem file."""
     if str(source) == HUMANEVAL:
@@ -69,15 +66,8 @@ def load_problems(source: str | Path) -> dict[str, Problem]:
     if not path.is_file():
         raise JobValidationError(f"problem file {path} does not exist (or use --problems {HUMANEVAL})")
     problems: dict[str, Problem] = {}
-    errors = []
-    for number, line in enumerate(_open_text(path), start=1):
-        if not line.strip():
-            continue
-        try:
-            problem = Problem.model_validate_json(line)
-        except ValidationError as exc:
-            errors.append(f"{path}:{number}: {_reasons(exc)}")
-            continue
+    errors: list[str] = []
+    for number, problem in _validated(path, Problem, errors):
         if problem.task_id in problems:
             errors.append(f"{path}:{number}: duplicate task_id {problem.task_id!r}")
         problems[problem.task_id] = problem
@@ -90,15 +80,9 @@ def load_problems(source: str | Path) -> dict[str, Problem]:
 
 def read_samples(path: Path, problems: dict[str, Problem]) -> tuple[list[tuple[int, Sample]], list[str]]:
     """Samples with their line numbers, and one message per bad line (never silently dropped)."""
-    samples, errors = [], []
-    for number, line in enumerate(_open_text(path), start=1):
-        if not line.strip():
-            continue
-        try:
-            sample = Sample.model_validate_json(line)
-        except ValidationError as exc:
-            errors.append(f"{path}:{number}: {_reasons(exc)}")
-            continue
+    samples: list[tuple[int, Sample]] = []
+    errors: list[str] = []
+    for number, sample in _validated(path, Sample, errors):
         if sample.task_id not in problems:
             errors.append(f"{path}:{number}: unknown task_id {sample.task_id!r} (not in the problem set)")
             continue
@@ -109,6 +93,18 @@ def read_samples(path: Path, problems: dict[str, Problem]) -> tuple[list[tuple[i
 def sample_job(line: int, sample: Sample, problem: Problem, policy: str) -> JobSpec:
     return JobSpec(id=f"line-{line}", prompt=problem.prompt, completion=sample.completion, check=problem.test,
                    entry_point=problem.entry_point, policy=policy, metadata={"task_id": sample.task_id, "line": line})
+
+
+def _validated(path: Path, model: type[M], errors: list[str]) -> Iterator[tuple[int, M]]:
+    """Each line of ``path`` as ``model``; bad lines go to ``errors`` as "FILE:LINE: reason"."""
+    for number, data, problem in read_lines(path):
+        if data is None:
+            errors.append(f"{path}:{number}: line: Invalid JSON ({problem})")
+            continue
+        try:
+            yield number, model.model_validate(data)
+        except ValidationError as exc:
+            errors.append(f"{path}:{number}: {_reasons(exc)}")
 
 
 def _reasons(exc: ValidationError) -> str:
