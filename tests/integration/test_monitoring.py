@@ -122,25 +122,39 @@ def test_status_metrics_health_and_fault_warnings(pool: Pool) -> None:
     state = pool.status()
     assert state["totals"]["passed"] == 4 and state["verdicts_last_15_min"]["passed"] == 4
     assert {w["id"] for w in state["workers"]} == {f"{os.uname().nodename}:{p.pid}" for p in (first, second)}
-    assert all(w["sandboxes_live"] >= 1 and w["rss_mib"] > 0 for w in state["workers"])
+    assert all(w["rss_mib"] > 0 for w in state["workers"])
+    wait_for(lambda: all(w["sandboxes_live"] >= 1 for w in pool.status()["workers"]), 20, "warm sandboxes reported")
     samples = wait_for(lambda: (m := metrics(metrics_port)) and m[("sandbox_samples_total", (("verdict", "passed"),))] == 4
                        and m, 20, "metrics to count 4 passed samples")
     assert samples[("sandbox_sample_duration_seconds_count", ())] == 4
     assert samples[("sandbox_workers", (("state", "idle"),))] + samples[("sandbox_workers", (("state", "busy"),))] == 2
 
-    slow = client.submit([slow_job(10 + i, 1.0) for i in range(8)])
-    backlog = wait_for(lambda: (s := pool.status()) and sum(q["running"] for q in s["queues"]) == 2 and s, 30,
-                       "both workers busy")
-    assert backlog["queues"][1]["name"] == "bulk" and backlog["queues"][1]["waiting_batches"] == 2
-    assert {w["state"] for w in backlog["workers"]} == {"busy"}
+    slow = client.submit([slow_job(10 + i, 1.5) for i in range(8)])  # 4 batches of ~3 s each
+
+    def both_busy() -> dict[str, Any] | None:
+        state = pool.status()
+        busy = {w["id"] for w in state["workers"] if w["alive"] and w.get("state") == "busy"}
+        return state if len(busy) == 2 and len(state["running_batches"]) >= 2 else None
+
+    backlog = wait_for(both_busy, 60, "both workers busy")
+    live = {w["id"] for w in backlog["workers"]}
+    assert all(batch["worker"] in live and batch["samples"] == 2 for batch in backlog["running_batches"])
+    bulk = next(q for q in backlog["queues"] if q["name"] == "bulk")
+    assert bulk["running"] >= 2 and bulk["waiting_batches"] + bulk["running"] <= 4
 
     first.send_signal(signal.SIGSTOP)  # hangs with a batch in hand: its lease and heartbeat stop
     second.send_signal(signal.SIGKILL)  # dies: its sandboxes lose their owner
     second.wait()
-    flagged = wait_for(lambda: (s := pool.status()) and {"worker_silent", "batch_stuck", "orphan_containers"}
-                       <= {w["kind"] for w in s["warnings"]} and s, 30, "the stuck batch and dead workers flagged")
-    silent = {w["id"] for w in flagged["workers"] if not w["alive"]}
-    assert silent == {f"{os.uname().nodename}:{p.pid}" for p in (first, second)}
+    both = {f"{os.uname().nodename}:{p.pid}" for p in (first, second)}
+
+    def flagged_state() -> dict[str, Any] | None:
+        state = pool.status()
+        kinds = {w["kind"] for w in state["warnings"]}
+        silent = {w["id"] for w in state["workers"] if not w["alive"]}
+        return state if {"worker_silent", "batch_stuck", "orphan_containers"} <= kinds and silent == both else None
+
+    flagged = wait_for(flagged_state, 30, "the stuck batch and both silent workers flagged")
+    assert sum(w["kind"] == "worker_silent" for w in flagged["warnings"]) == 2
     assert any(f":{second.pid}" in o["owner"] for o in flagged["orphan_containers"])
     with pytest.raises(urllib.error.URLError):  # the killed worker no longer answers its probes
         urllib.request.urlopen(f"http://127.0.0.1:{pool.health_ports[1]}/livez", timeout=5)
