@@ -75,7 +75,7 @@ def publish_state(context: WorkerContext, pool: SandboxPool, queues: list[str], 
         "state": "busy" if context.current_batch else "idle", "current_batch": context.current_batch,
         "batch_started": context.batch_started if context.current_batch else 0, "started_at": started,
         "last_heartbeat": now, "cpu_percent": process.cpu_percent(), "rss_mib": process.memory_info().rss >> 20,
-        "sandbox_cpu_percent": sum(p.cpu_percent() for p in children),
+        "sandbox_cpu_percent": sum(_cpu(p) for p in children),
         "sandbox_rss_mib": sum(_rss(p) for p in children) >> 20,
         "sandboxes_idle": pool.idle_count(), "sandboxes_live": len(pool.container_ids()),
         "sandboxes_started": pool.started, **{f"count_{k}": v for k, v in context.counts.items()},
@@ -95,13 +95,29 @@ _PROCESS_CACHE: dict[int, psutil.Process] = {}
 
 
 def sandbox_processes(container_ids: list[str]) -> list[psutil.Process]:
-    """gVisor's host processes (sentry, gofer) of these containers; reused so cpu_percent has a baseline."""
-    found = []
+    """gVisor's host processes of these containers: sentry and gofer, and the systrap stub processes
+    (their descendants, with empty command lines) where the programs' code actually runs.
+    Cached, so that cpu_percent has a baseline between calls."""
+    found: dict[int, psutil.Process] = {}
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
         if "runsc" in cmdline and any(cid in cmdline for cid in container_ids):
-            found.append(_PROCESS_CACHE.setdefault(proc.pid, proc))
-    return found
+            try:
+                for member in [proc, *proc.children(recursive=True)]:
+                    found[member.pid] = _PROCESS_CACHE.setdefault(member.pid, member)
+            except psutil.Error:
+                continue
+    for pid in list(_PROCESS_CACHE):
+        if pid not in found:
+            del _PROCESS_CACHE[pid]
+    return list(found.values())
+
+
+def _cpu(proc: psutil.Process) -> float:
+    try:
+        return proc.cpu_percent()
+    except psutil.Error:
+        return 0.0
 
 
 def _rss(proc: psutil.Process) -> int:
