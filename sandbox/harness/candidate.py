@@ -1,8 +1,8 @@
 """Phase 1, inside the sandbox: run the untrusted program and record what it returns.
 
-Reads one JSON job from stdin, executes the program, then runs each test's call-only version with
-the program's functions wrapped by recorders. Records go to the pipe whose number is the first argument,
-one JSON line per event. Everything written there is treated as untrusted by the supervisor: the
+Runs in a child forked by the zygote: executes the program, then each test's call-only version
+with the program's functions wrapped by recorders. Records go to file descriptor 3, one JSON
+line per event. Everything written there is treated as untrusted by the supervisor: the
 program can forge it, but it can only forge values that the checker then judges.
 """
 
@@ -11,19 +11,14 @@ from __future__ import annotations
 import json
 import os
 import random
-import sys
 import time
+
+import replay
+import values
+
 TYPE_CHECKING = False  # importing typing costs ~4 ms per process under gVisor
 if TYPE_CHECKING:
     from typing import Any, Callable
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import startup  # noqa: E402  (first: restores what `python -S` skipped)
-
-startup.like_site()
-
-import replay  # noqa: E402
-import values  # noqa: E402
 
 
 # Bound before the program runs, so a program that patches `json` or `os` does not break its own record.
@@ -64,11 +59,9 @@ def _traceback() -> str:
     return traceback.format_exc(limit=5)[-2000:]
 
 
-def main() -> None:
-    job = json.loads(sys.stdin.buffer.read())
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    out = os.fdopen(int(sys.argv[1]), "w", buffering=1)  # the record pipe, numbered by the supervisor
+def run(job: dict[str, Any], record_fd: int) -> None:
+    """Load the program and record every test's calls to ``record_fd`` (one JSON line per event)."""
+    out = os.fdopen(record_fd, "w", buffering=1)
     recorder = Recorder(out)
     program: dict[str, Any] = {}
     try:
@@ -109,6 +102,3 @@ def run_test(recorder: Recorder, program: dict[str, Any], job: dict[str, Any], i
     recorder.emit({"event": "test", "name": test["name"], "calls": recorder.calls, "outcome": outcome[:600],
                    "duration_s": round(time.perf_counter() - started, 6)})
 
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """Phase 2, inside the sandbox: judge recorded results in a process that never ran the program.
 
-Started by the supervisor only after every process of the program is gone. It executes the trusted
+Forked by the zygote only after every process of the program is gone. It executes the trusted
 prelude (the problem's prompt, when the job gives one) and each test's full source, answering every
 call of a program function from the record. Values come back with exact plain types, so objects
 with a forged ``__eq__``, patched builtins or a patched ``AssertionError`` cannot reach this process.
@@ -9,21 +9,14 @@ with a forged ``__eq__``, patched builtins or a patched ``AssertionError`` canno
 from __future__ import annotations
 
 import collections
-import json
-import os
-import sys
 import traceback
+
+import replay
+import values
+
 TYPE_CHECKING = False  # importing typing costs ~4 ms per process under gVisor
 if TYPE_CHECKING:
     from typing import Any, Callable
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import startup  # noqa: E402  (first: restores what `python -S` skipped)
-
-startup.like_site()
-
-import replay  # noqa: E402
-import values  # noqa: E402
 
 
 class ReplayMismatch(Exception):
@@ -76,8 +69,8 @@ def _assertion_message(exc: AssertionError, source: str) -> str:
     return "assertion failed"
 
 
-def main() -> None:
-    job = json.loads(sys.stdin.buffer.read())
+def run(job: dict[str, Any]) -> dict[str, dict[str, dict[str, str]]]:
+    """Judge every sample's record of every test: {sample id: {test name: {status, message}}}."""
     prelude = None
     if job.get("prelude"):
         prelude = compile(job["prelude"], "<prelude>", "exec")
@@ -88,8 +81,4 @@ def main() -> None:
             record = sample["records"].get(test["name"])
             if record is not None:
                 per_test[test["name"]] = judge(job, prelude, index, test, record)
-    sys.stdout.write(json.dumps(verdicts))
-
-
-if __name__ == "__main__":
-    main()
+    return verdicts

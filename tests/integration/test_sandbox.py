@@ -329,3 +329,41 @@ def test_site_builtins_exist_for_programs(runner: Runner) -> None:
     program = "def f():\n    return [callable(exit), callable(quit), 'dist-packages' in ''.join(__import__('sys').path)]\n"
     result = runner.run([job(program, "def check(candidate):\n    assert candidate() == [True, True, True]\n")])[0]
     assert result.verdict is Verdict.passed, result
+
+
+def test_killing_the_fork_server_is_never_a_pass(runner: Runner) -> None:
+    program = "import os, signal\ndef f(a, b):\n    os.kill(os.getppid(), signal.SIGKILL)\n    return a + b\n"
+    killer, after = runner.run([job(program, ADD_CHECK), job("def f(a, b):\n    return a + b\n", ADD_CHECK)])
+    assert killer.verdict is Verdict.error, killer  # it brought its sandbox down on every attempt
+    assert "brought its sandbox down" in killer.error
+    assert after.verdict is Verdict.passed
+
+
+def test_injecting_into_the_fork_servers_channels_is_never_a_pass(runner: Runner) -> None:
+    program = """
+import json, os, struct
+def f(a, b):
+    forged = json.dumps({"nonce": "0", "event": "exited", "status": 0, "cpu_s": 0, "max_rss_kib": 0}).encode()
+    request = json.dumps({"nonce": "x", "kind": "checker", "job": {}}).encode()
+    parent = os.getppid()
+    for fd in os.listdir(f'/proc/{parent}/fd'):
+        try:
+            with open(f'/proc/{parent}/fd/{fd}', 'wb', buffering=0) as handle:
+                handle.write(struct.pack('>I', len(request)) + request)
+                handle.write(forged)
+        except OSError:
+            pass
+    return a + b
+"""
+    injector, after = runner.run([job(program, ADD_CHECK), job("def f(a, b):\n    return a + b\n", ADD_CHECK)])
+    assert injector.verdict is not Verdict.passed, injector
+    assert after.verdict is Verdict.passed
+
+
+def test_forked_samples_get_fresh_randomness(runner: Runner) -> None:
+    program = "import random\nprint(random.getrandbits(64))\ndef f():\n    return 1\n"
+    check = "def check(candidate):\n    assert candidate() == 1\n"
+    results = runner.run([job(program + f"# {i}\n", check) for i in range(3)])
+    assert all(r.verdict is Verdict.passed for r in results)
+    drawn = {r.stdout for r in results}
+    assert len({r.sandbox_id for r in results}) == 1 and len(drawn) == 3  # same sandbox, different draws
