@@ -47,10 +47,11 @@ def main(ctx: click.Context, verbose: bool) -> None:
     """Run untrusted programs against their tests in gVisor sandboxes.
 
     \b
-    First time on a machine:   sandbox doctor --fix && sandbox images build
+    First time on a machine:   sandbox setup          (Docker, gVisor, Redis, the image; idempotent)
     One job, no queue:         sandbox run job.json
     Many jobs, through Redis:  sandbox worker --concurrency 2 &  sandbox submit jobs.jsonl --out results.jsonl
-    HumanEval pass@k:          sandbox evaluate samples.jsonl --k 1,10
+    HumanEval pass@k:          sandbox evaluate samples.jsonl --k 1,10   (starts workers if none serve)
+    Operators:                 sandbox status | top | metrics | doctor
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -34,7 +34,9 @@ SERVICE_LABEL = "io.sandbox-exec.service"
 OWNER_LABEL = "io.sandbox-exec.owner"
 POLICY_LABEL = "io.sandbox-exec.policy"
 SANDBOX_USER = "65534:65534"  # nobody:nogroup
-SENTRY_MEMORY_MIB = 256  # gVisor's own kernel (the Sentry) is charged to the container too
+# Charged to the container besides the program: gVisor's own kernel (the Sentry), the supervisor
+# and the zygote. Each program process is held to memory_mib by RLIMIT_AS inside.
+SENTRY_MEMORY_MIB = 384
 SUPERVISOR = ["python3", "-I", "/opt/harness/supervisor.py"]
 _STREAM_HEADER = struct.Struct(">BxxxI")
 

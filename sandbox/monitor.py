@@ -103,7 +103,7 @@ def _workers(connection: redis.Redis, now: float, heartbeat_s: float) -> list[di
         live = _hash(connection, broker.worker_key(member))
         last = live or _hash(connection, broker.WORKER_LAST + member)
         if not last:
-            connection.srem(broker.WORKERS_SET, member)  # gone for more than a day
+            connection.srem(broker.WORKERS_SET, member)  # silent for more than an hour: forgotten
             continue
         row: dict[str, Any] = {key: _number(value) for key, value in last.items()}
         row["silent_s"] = now - float(last.get("last_heartbeat", 0))

@@ -87,7 +87,7 @@ def publish_state(context: WorkerContext, pool: SandboxPool, queues: list[str], 
         pipe.sadd(broker.WORKERS_SET, context.owner)
         pipe.hset(broker.LAST_SEEN, context.owner, now)
         pipe.hset(broker.WORKER_LAST + context.owner, mapping=state)
-        pipe.expire(broker.WORKER_LAST + context.owner, 24 * 3600)
+        pipe.expire(broker.WORKER_LAST + context.owner, 3600)  # a dead worker stays flagged for an hour
         pipe.execute()
 
 
@@ -274,7 +274,7 @@ def main(concurrency: int, queues: str, redis_url: str | None, burst: bool, cana
 
     \b
     sandbox-worker --concurrency 2           # two processes on this host
-    SANDBOX_REDIS_URL=redis://10.0.0.5:6379 sandbox-worker -c 8   # more hosts: same Redis
+    SANDBOX_REDIS_URL=redis://queue-host:6379/0 sandbox-worker -c 8   # more hosts: same Redis
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")

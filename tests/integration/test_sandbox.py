@@ -83,9 +83,14 @@ def test_timeout_applies_to_the_sample_as_a_whole(runner: Runner) -> None:
 
 def test_memory_bomb_is_contained(runner: Runner) -> None:
     bomb = "def f(a, b):\n    x = []\n    while True:\n        x.append(bytearray(50 * 1024 * 1024))\n"
-    result = runner.run([job(bomb, ADD_CHECK)])[0]
-    assert result.verdict is Verdict.failed
-    assert all(t.status is TestStatus.error and "MemoryError" in t.message for t in result.tests)
+    result, after = runner.run([job(bomb, ADD_CHECK), job("def f(a, b):\n    return a + b\n", ADD_CHECK)])
+    # Normally the per-process limit answers first (MemoryError in each test); on a loaded host the
+    # container's own limit may kill the sandbox instead, and the program is charged with an error.
+    if result.verdict is Verdict.failed:
+        assert all(t.status is TestStatus.error and "MemoryError" in t.message for t in result.tests)
+    else:
+        assert result.verdict is Verdict.error and "brought its sandbox down twice" in result.error, result
+    assert after.verdict is Verdict.passed
 
 
 def test_fork_bomb_is_contained(runner: Runner) -> None:
