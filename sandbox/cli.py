@@ -82,7 +82,8 @@ def _check_image(settings: Settings) -> bool:
     try:
         present = image_exists(docker_client(), tag)
     except SandboxError:
-        present = False
+        click.echo(f"[FAIL] image {tag}: cannot check while the Docker engine does not answer")
+        return False
     click.echo(f"[ok]   image {tag}" if present else f"[FAIL] image {tag} is not built\n       fix: sandbox images build")
     return present
 
