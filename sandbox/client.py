@@ -149,11 +149,6 @@ class Submission:
                                  timeout_s=timeout, result_ttl_s=settings.result_ttl_s)
             room -= 1
 
-    @property
-    def queued_batches_waiting(self) -> int:
-        """Batches not yet enqueued because the queue was full (backpressure)."""
-        return len(self._batches)
-
 
 def _reuse(result: JobResult, job: JobSpec) -> JobResult:
     return result.model_copy(update={"job_id": job.id, "metadata": job.metadata, "reused": True})

@@ -85,7 +85,6 @@ class Sandbox:
         self._socket: socket.socket | None = None
         self._attach: Any = None
         self.runtime = ""
-        self.kernel = ""
         self._start(image, owner)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -121,7 +120,6 @@ class Sandbox:
         ready = self._receive(deadline=time.monotonic() + 60)
         if ready.get("op") != "ready":
             raise SandboxCrashed(f"supervisor did not say ready: {ready}")
-        self.kernel = str(ready.get("kernel", ""))
         self._container.reload()
         self.runtime = self._container.attrs["HostConfig"].get("Runtime") or "runc"
         if self.runtime != self.policy.runtime:

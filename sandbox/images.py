@@ -85,9 +85,13 @@ def image_exists(client: docker.DockerClient, tag: str) -> bool:
 def build_image(client: docker.DockerClient, definition: ImageDefinition,
                 say: Callable[[str], None] = print, force: bool = False) -> str:
     """Build the image if its tag is missing (or ``force``); return the tag."""
-    if image_exists(client, definition.tag) and not force:
-        say(f"image {definition.tag} is up to date")
-        return definition.tag
+    if image_exists(client, definition.tag):
+        if not force:
+            say(f"image {definition.tag} is up to date")
+            return definition.tag
+        replaced = client.images.get(definition.tag).id  # a forced rebuild would leave it dangling
+    else:
+        replaced = None
     rootfs = _rootfs(definition, say)
     if definition.name.endswith(SERVICE):
         _install_project(rootfs, say)
@@ -110,7 +114,26 @@ def build_image(client: docker.DockerClient, definition: ImageDefinition,
             raise InfrastructureError(f"docker import failed: {exc}") from exc
     client.images.get(definition.tag).tag(repository, "latest")
     say(f"built {definition.tag}")
+    _prune_superseded(client, repository, definition.tag, say)
+    if replaced and replaced != client.images.get(definition.tag).id:
+        try:
+            client.images.remove(replaced)
+        except docker.errors.APIError:
+            pass
     return definition.tag
+
+
+def _prune_superseded(client: docker.DockerClient, repository: str, current: str, say: Callable[[str], None]) -> None:
+    """Remove older tags of this image (each import is a full layer); ones in use are kept."""
+    for image in client.images.list(name=repository):
+        if any(tag in (current, f"{repository}:latest") for tag in image.tags):
+            continue
+        for tag in image.tags:
+            try:
+                client.images.remove(tag)
+                say(f"removed superseded {tag}")
+            except docker.errors.APIError:  # a container still uses it; the next build tries again
+                pass
 
 
 def _rootfs(definition: ImageDefinition, say: Callable[[str], None]) -> Path:
