@@ -13,6 +13,7 @@ from typing import Iterator
 import docker
 import pytest
 
+from sandbox import broker
 from sandbox.client import Client
 from sandbox.container import OWNER_LABEL, SERVICE_LABEL
 from sandbox.models import JobSpec, Verdict
@@ -195,3 +196,20 @@ def test_sigterm_finishes_the_batch_in_hand(settings: Settings, redis_server: Re
     assert worker.terminate() == 0
     rest = list(stream)  # the batch in hand was finished before the worker left
     assert sorted([first.job_id] + [r.job_id for r in rest]) == [f"job-{i}" for i in range(4)]
+
+
+def test_interactive_before_bulk_and_bounded_queue(settings: Settings, redis_server: RedisServer,
+                                                   workers: list[Worker], tmp_path: Path) -> None:
+    tight = Settings(redis_url=settings.redis_url, heartbeat_s=1.0, batch_size=1, queue_max_items=2)
+    client = Client(tight)
+    bulk = client.submit(jobs_of([slow(1.0, i) for i in range(4)], prefix="bulk"))  # each ~1 s: no race below
+    # Bounded: only two batches went in; the other two wait for room instead of piling up in Redis.
+    assert broker.queue(client.connection, "bulk").count == 2
+    urgent = client.submit(jobs_of([GOOD], prefix="urgent"), queue="interactive")
+    start_worker(workers, redis_server, tmp_path, settings)
+    first = next(urgent.results(idle_timeout_s=120))
+    assert first.job_id == "urgent-0" and first.verdict is Verdict.passed
+    done_before = broker.known_result_ids(client.connection, bulk.id, [f"bulk-{i}" for i in range(4)])
+    assert done_before == set()  # the worker took the interactive batch first
+    results = list(bulk.results(idle_timeout_s=120))  # consuming makes room: the rest get enqueued
+    assert sorted(r.job_id for r in results) == [f"bulk-{i}" for i in range(4)]
