@@ -28,7 +28,7 @@ from rq.utils import utcparse
 from sandbox.models import JobResult, JobSpec, Verdict
 
 __all__ = ["QUEUES", "connect", "queue", "enqueue_batch", "store_result", "pop_results", "known_result_ids",
-           "cached_results", "renew_lease", "release_lease", "requeue_abandoned", "worker_key", "WORKERS_SET",
+           "cached_results", "renew_lease", "release_lease", "requeue_abandoned", "worker_key", "worker_alive", "WORKERS_SET",
            "LAST_SEEN", "verdict_key", "enqueued_key", "TOTALS", "DURATIONS", "DURATION_BUCKETS", "WORKER_LAST", "TASK"]
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,11 @@ def _lease_key(rq_job_id: str) -> str:
 
 def worker_key(worker_id: str) -> str:
     return f"{PREFIX}:worker:{worker_id}"
+
+
+def worker_alive(connection: redis.Redis, worker_id: str) -> bool:
+    """A worker is alive while its heartbeat hash has not expired."""
+    return bool(connection.exists(worker_key(worker_id)))
 
 
 def verdict_key(minute: int) -> str:

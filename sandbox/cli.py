@@ -455,7 +455,8 @@ def filter_command(settings: Settings, candidates_file: Path, samples_file: Path
 
 
 # -- operations ----------------------------------------------------------------------------------
-def _snapshot(settings: Settings) -> dict[str, Any]:
+def _snapshots(settings: Settings) -> Any:
+    """A function returning a fresh snapshot; connections are made once, not per refresh or scrape."""
     from sandbox import broker
     from sandbox.container import docker_client
     from sandbox.monitor import snapshot
@@ -464,7 +465,8 @@ def _snapshot(settings: Settings) -> dict[str, Any]:
         engine = docker_client()
     except SandboxError:
         engine = None  # status still works from a host without the engine; orphan checks are skipped
-    return snapshot(broker.connect(settings.redis_url), engine, settings.heartbeat_s)
+    connection = broker.connect(settings.redis_url)
+    return lambda: snapshot(connection, engine, settings.heartbeat_s)
 
 
 @main.command(context_settings=CONTEXT)
@@ -477,7 +479,7 @@ def status(settings: Settings, as_json: bool) -> None:
     """
     from sandbox.monitor import render
 
-    state = _snapshot(settings)
+    state = _snapshots(settings)()
     click.echo(json.dumps(state, indent=2, default=str) if as_json else render(state, style=click.style))
     sys.exit(1 if state["warnings"] else 0)
 
@@ -491,9 +493,10 @@ def top(settings: Settings, interval: float) -> None:
 
     from sandbox.monitor import render
 
+    take = _snapshots(settings)
     try:
         while True:
-            screen = render(_snapshot(settings), style=click.style)
+            screen = render(take(), style=click.style)
             click.echo("\x1b[H\x1b[2J" + screen, nl=True)
             time.sleep(interval)
     except KeyboardInterrupt:
@@ -511,8 +514,7 @@ def metrics(settings: Settings, host: str, port: int) -> None:
     from sandbox import broker
     from sandbox.metrics import PoolCollector, serve_metrics
 
-    connection = broker.connect(settings.redis_url)
-    serve_metrics(PoolCollector(lambda: _snapshot(settings), connection), host, port)
+    serve_metrics(PoolCollector(_snapshots(settings), broker.connect(settings.redis_url)), host, port)
     click.echo(f"serving metrics on http://{host}:{port}/metrics", err=True)
     threading.Event().wait()
 

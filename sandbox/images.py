@@ -27,7 +27,7 @@ __all__ = ["ImageDefinition", "load_definition", "require_image", "image_exists"
 
 HARNESS_DIR = Path(__file__).parent / "harness"
 SERVICE = "service"  # the image compose runs workers in; everything else under images/ is a sandbox image
-HARNESS_FILES = ("startup.py", "protocol.py", "values.py", "replay.py", "candidate.py", "checker.py", "zygote.py",
+HARNESS_FILES = ("startup.py", "hardening.py", "protocol.py", "values.py", "replay.py", "candidate.py", "checker.py", "zygote.py",
                  "supervisor.py")
 CACHE_DIR = Path("/var/cache/sandbox-exec")
 

@@ -26,7 +26,7 @@ __all__ = ["LocalWorkers", "live_workers"]
 def live_workers(connection: redis.Redis) -> list[str]:
     """Ids of workers whose heartbeat has not expired."""
     members = [broker.text(m) for m in connection.smembers(broker.WORKERS_SET)]
-    return [m for m in members if connection.exists(broker.worker_key(m))]
+    return [m for m in members if broker.worker_alive(connection, m)]
 
 
 class LocalWorkers:
@@ -49,7 +49,7 @@ class LocalWorkers:
         owners = {f"{socket.gethostname()}:{p.pid}" for p in self.processes}
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
-            if all(connection.exists(broker.worker_key(owner)) for owner in owners):
+            if all(broker.worker_alive(connection, owner) for owner in owners):
                 return
             dead = [p for p in self.processes if p.poll() is not None]
             if dead:

@@ -19,8 +19,7 @@ from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from sandbox import broker
-from sandbox.container import OWNER_LABEL, SERVICE_LABEL
-from sandbox.reaper import owner_alive_locally
+from sandbox.reaper import orphans
 
 __all__ = ["snapshot", "render"]
 
@@ -122,14 +121,8 @@ def _number(value: str) -> Any:
 
 
 def _orphan_containers(client: docker.DockerClient, connection: redis.Redis) -> list[dict[str, str]]:
-    orphans = []
-    for container in client.containers.list(all=True, sparse=True, filters={"label": SERVICE_LABEL}):
-        owner = (container.attrs.get("Labels") or {}).get(OWNER_LABEL, "")
-        local = owner_alive_locally(owner)
-        alive = local if local is not None else bool(connection.exists(broker.worker_key(owner)))
-        if not alive:
-            orphans.append({"id": container.id[:12], "owner": owner})
-    return orphans
+    found = orphans(client, lambda owner: broker.worker_alive(connection, owner))
+    return [{"id": container.id[:12], "owner": owner} for container, owner in found]
 
 
 def _disk(path: str) -> dict[str, Any] | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from typing import Callable
+from typing import Any, Callable
 
 import docker
 import docker.errors
@@ -16,7 +16,7 @@ import psutil
 
 from sandbox.container import OWNER_LABEL, SERVICE_LABEL
 
-__all__ = ["reap_orphans", "owner_alive_locally"]
+__all__ = ["orphans", "reap_orphans", "owner_alive_locally"]
 
 log = logging.getLogger(__name__)
 
@@ -29,15 +29,21 @@ def owner_alive_locally(owner: str) -> bool | None:
     return psutil.pid_exists(int(pid))
 
 
-def reap_orphans(client: docker.DockerClient, heartbeat_alive: Callable[[str], bool]) -> list[str]:
-    """Force-remove labelled containers whose owner is dead; returns their ids."""
-    removed = []
+def orphans(client: docker.DockerClient, heartbeat_alive: Callable[[str], bool]) -> list[tuple[Any, str]]:
+    """Labelled containers whose owner is dead, with that owner."""
+    found = []
     for container in client.containers.list(all=True, sparse=True, filters={"label": SERVICE_LABEL}):
         owner = (container.attrs.get("Labels") or {}).get(OWNER_LABEL, "")  # sparse listing: no inspect race
         local = owner_alive_locally(owner)
-        alive = local if local is not None else heartbeat_alive(owner)
-        if alive:
-            continue
+        if not (local if local is not None else heartbeat_alive(owner)):
+            found.append((container, owner))
+    return found
+
+
+def reap_orphans(client: docker.DockerClient, heartbeat_alive: Callable[[str], bool]) -> list[str]:
+    """Force-remove labelled containers whose owner is dead; returns their ids."""
+    removed = []
+    for container, owner in orphans(client, heartbeat_alive):
         try:
             container.remove(force=True)
             removed.append(container.id)

@@ -170,7 +170,7 @@ def housekeeping(context: WorkerContext, pool: SandboxPool, queues: list[str], s
             publish_state(context, pool, queues, started, process)
             if time.monotonic() >= next_sweep:
                 broker.requeue_abandoned(context.connection, grace_s=context.settings.heartbeat_s * 3)
-                reap_orphans(client, lambda owner: bool(context.connection.exists(broker.worker_key(owner))))
+                reap_orphans(client, lambda owner: broker.worker_alive(context.connection, owner))
                 next_sweep = time.monotonic() + context.settings.heartbeat_s * 2
         except (redis.RedisError, OSError) as exc:
             log.warning("housekeeping failed (will retry): %s", exc)
@@ -186,7 +186,7 @@ def serve(settings: Settings, queues: list[str], burst: bool, canary_policy: str
     image = require_image(client, settings.images_dir)
     connection = broker.connect(settings.redis_url)
     connection.ping()
-    reap_orphans(client, lambda o: bool(connection.exists(broker.worker_key(o))))
+    reap_orphans(client, lambda owner: broker.worker_alive(connection, owner))
     pool = SandboxPool(client, image, owner, max_runs=settings.sandbox_max_runs)
     runner = Runner(pool, policies, infra_attempts=settings.infra_attempts)
     context = WorkerContext(runner=runner, connection=connection, settings=settings, owner=owner)

@@ -14,7 +14,6 @@ Replies to the host are authenticated frames on stdout.
 from __future__ import annotations
 
 import array
-import ctypes
 import fcntl
 import json
 import os
@@ -33,18 +32,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import protocol  # noqa: E402
+from hardening import make_unreachable  # noqa: E402
 
 SCRATCH_ROOT = "/tmp"
 SHM = "/dev/shm"
-PR_SET_DUMPABLE = 4
 READ_CHUNK = 65536
 EXIT_GRACE_S = 0.2
-
-
-def make_unreachable() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
 
 
 def child_env(scratch: str) -> dict[str, str]:
