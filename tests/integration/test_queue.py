@@ -103,6 +103,8 @@ def test_cli_submit_reports_bad_lines_and_resumes(settings: Settings, redis_serv
         handle.write("{not json\n")
         handle.write(json.dumps({**lines[1], "language": "cobol"}) + "\n")
         handle.write(json.dumps(lines[1]) + "\n")
+        handle.write(json.dumps({**lines[1], "id": "greedy", "limits": {"memory_mib": 99999}}) + "\n")
+        handle.write(json.dumps({**lines[1], "id": "huge", "program": "x = 1\n" * 40000}) + "\n")
         handle.write(json.dumps(lines[2]) + "\n")
     env = {"SANDBOX_REDIS_URL": settings.redis_url, "PATH": "/usr/bin:/bin"}
 
@@ -114,6 +116,9 @@ def test_cli_submit_reports_bad_lines_and_resumes(settings: Settings, redis_serv
     assert refused.returncode == 2 and not out.exists()
     assert "jobs.jsonl:2: not valid JSON" in refused.stderr
     assert "jobs.jsonl:3: language: Value error, unsupported language 'cobol'" in refused.stderr
+    assert "jobs.jsonl:5: limit memory_mib=99999 exceeds policy 'humaneval', which allows at most 512" in refused.stderr
+    assert "jobs.jsonl:6: job huge: program is 240000 bytes, policy 'humaneval' accepts at most 131072" in refused.stderr
+    assert "4 invalid line(s); nothing submitted" in refused.stderr
     partial = submit("--skip-invalid")
     assert partial.returncode == 2, partial.stderr
     results = [json.loads(line) for line in out.read_text().splitlines()]
