@@ -372,3 +372,45 @@ def test_forked_samples_get_fresh_randomness(runner: Runner) -> None:
     assert all(r.verdict is Verdict.passed for r in results)
     drawn = {r.stdout for r in results}
     assert len({r.sandbox_id for r in results}) == 1 and len(drawn) == 3  # same sandbox, different draws
+
+
+def test_file_size_open_files_and_process_limits(runner: Runner) -> None:
+    program = """
+import os, time
+def big_file():
+    try:
+        with open('big', 'wb') as handle:
+            handle.write(b'x' * (9 << 20))  # the humaneval policy allows 8 MiB files
+        return 'wrote'
+    except OSError as exc:
+        return type(exc).__name__
+def many_files():
+    handles = []
+    try:
+        for index in range(1000):
+            handles.append(open(f'f{index}', 'w'))
+    except OSError:
+        return len(handles)
+    return 'unlimited'
+def many_processes():
+    children = []
+    try:
+        for _ in range(200):
+            pid = os.fork()
+            if pid == 0:
+                time.sleep(30)
+                os._exit(0)
+            children.append(pid)
+    except OSError:
+        pass
+    return len(children)
+"""
+    big = runner.run([job(program, "def check(candidate):\n    assert candidate() != 'wrote'\n",
+                          entry_point="big_file")])[0]
+    assert big.verdict is Verdict.passed, big
+    files = runner.run([job(program, "def check(candidate):\n    assert candidate() < 128\n",
+                            entry_point="many_files")])[0]
+    assert files.verdict is Verdict.passed, files  # open_files = 128 in the humaneval policy
+    processes = runner.run([job(program, "def check(candidate):\n    assert candidate() < 32\n",
+                                entry_point="many_processes")])[0]
+    assert processes.verdict is Verdict.passed, processes  # processes = 32, counted for the whole uid
