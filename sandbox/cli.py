@@ -240,6 +240,11 @@ def submit(settings: Settings, jobs_file: Path, out_file: Path, queue: str, skip
     todo = [job for job in jobs if job.id not in done]
     click.echo(f"{len(jobs)} job(s) in {jobs_file}: {len(jobs) - len(todo)} already in {out_file}, "
                f"{len(todo)} to run", err=True)
+    from sandbox.localworkers import live_workers
+
+    if todo and not live_workers(client.connection):
+        click.secho("note: no worker is serving the queues yet; jobs wait until one starts "
+                    "(`sandbox worker --concurrency 2`)", fg="yellow", err=True)
     counts = _stream_results(client.submit(todo, queue=queue), out_file, idle_timeout, initial=len(jobs) - len(todo),
                              total=len(jobs))
     click.echo(" ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "nothing to do", err=True)
