@@ -12,7 +12,7 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
-from sandbox.errors import SandboxError
+from sandbox.errors import SandboxError, validation_reasons
 from sandbox.models import JobResult, JobSpec, TestSnippet
 from sandbox.settings import Settings
 
@@ -33,11 +33,7 @@ class SandboxGroup(click.Group):
         except SandboxError as exc:
             fail(str(exc))
         except ValidationError as exc:
-            fail(_validation_message(exc))
-
-
-def _validation_message(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'job'}: {e['msg']}" for e in exc.errors())
+            fail(validation_reasons(exc))
 
 
 @click.group(cls=SandboxGroup, context_settings=CONTEXT)

@@ -24,7 +24,7 @@ from sandbox import broker
 from sandbox.errors import InfrastructureError, JobValidationError
 from sandbox.models import JobResult, JobSpec
 from sandbox.policy import Policy, load_all_policies
-from sandbox.runner import PreparedJob, prepare
+from sandbox.runner import PreparedJob, batch_deadline_s, prepare
 from sandbox.settings import Settings
 
 __all__ = ["Client", "Submission"]
@@ -143,8 +143,7 @@ class Submission:
         room = settings.queue_max_items - rq_queue.count
         while self._batches and room > 0:
             batch = self._batches.popleft()
-            policy = batch[0].policy
-            timeout = policy.job_wall_time_s * len(batch) + policy.check_cpu_time_s * 2 + 30
+            timeout = batch_deadline_s(batch[0].policy, len(batch)) + 20  # beyond the host's own deadline
             broker.enqueue_batch(self.client.connection, self.queue, self.id, [p.job for p in batch],
                                  timeout_s=timeout, result_ttl_s=settings.result_ttl_s)
             room -= 1

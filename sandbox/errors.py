@@ -15,8 +15,10 @@ Program outcomes (wrong answers, crashes, timeouts) are never exceptions: they a
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
-    "SandboxError", "JobValidationError", "PolicyViolation", "PolicyError", "InfrastructureError",
+    "validation_reasons", "SandboxError", "JobValidationError", "PolicyViolation", "PolicyError", "InfrastructureError",
     "ImageMissing", "RuntimeUnavailable", "SandboxCrashed", "SandboxTimeout",
 ]
 
@@ -60,3 +62,8 @@ class SandboxCrashed(InfrastructureError):
 
 class SandboxTimeout(SandboxCrashed):
     """The sandbox did not answer before the host's wall-clock backstop; the container was killed."""
+
+
+def validation_reasons(exc: Any, whole: str = "job") -> str:
+    """A pydantic ``ValidationError`` as "field: reason; ..." (``whole`` names errors of the whole object)."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or whole}: {e['msg']}" for e in exc.errors())

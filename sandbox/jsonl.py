@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator
 
 from pydantic import ValidationError
 
-from sandbox.errors import JobValidationError
+from sandbox.errors import JobValidationError, validation_reasons
 from sandbox.models import JobSpec
 
 __all__ = ["read_lines", "read_jobs", "read_result_ids"]
@@ -45,8 +45,7 @@ def read_jobs(path: Path, validate: Callable[[JobSpec], object]) -> tuple[list[J
             job = JobSpec.model_validate(data)
             validate(job)
         except ValidationError as exc:
-            reasons = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'job'}: {e['msg']}" for e in exc.errors())
-            problems.append(f"{number}: {reasons}")
+            problems.append(f"{number}: {validation_reasons(exc)}")
             continue
         except JobValidationError as exc:
             problems.append(f"{number}: {exc}")

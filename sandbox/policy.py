@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from sandbox.errors import PolicyError, PolicyViolation
+from sandbox.errors import PolicyError, PolicyViolation, validation_reasons
 
 __all__ = ["Policy", "LimitOverrides", "load_policy", "load_all_policies", "TIGHTENABLE"]
 
@@ -107,8 +107,7 @@ def _load_file(path: Path) -> Policy:
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"{path}: not valid TOML: {exc}") from exc
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}" for e in exc.errors())
-        raise PolicyError(f"{path}: {problems}") from exc
+        raise PolicyError(f"{path}: {validation_reasons(exc, whole='file')}") from exc
     if policy.name != path.stem:
         raise PolicyError(f"{path}: name {policy.name!r} must match the file name {path.stem!r}")
     if policy.runtime != "runsc":

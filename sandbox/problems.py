@@ -14,7 +14,7 @@ from typing import Any, Iterator, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sandbox.errors import JobValidationError
+from sandbox.errors import JobValidationError, validation_reasons
 from sandbox.jsonl import read_lines
 from sandbox.models import JobSpec
 
@@ -104,11 +104,7 @@ def _validated(path: Path, model: type[M], errors: list[str]) -> Iterator[tuple[
         try:
             yield number, model.model_validate(data)
         except ValidationError as exc:
-            errors.append(f"{path}:{number}: {_reasons(exc)}")
-
-
-def _reasons(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'line'}: {e['msg']}" for e in exc.errors())
+            errors.append(f"{path}:{number}: {validation_reasons(exc, whole='line')}")
 
 
 def write_jsonl(path: Path, rows: Iterator[dict[str, Any]] | list[dict[str, Any]]) -> None:

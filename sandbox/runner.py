@@ -21,7 +21,7 @@ from sandbox.policy import Policy
 from sandbox.pool import SandboxPool
 from sandbox.testsplit import SplitTests, defined_names_of, split_check_program, split_snippets
 
-__all__ = ["Runner", "prepare", "PreparedJob", "RECORD_MAX_BYTES"]
+__all__ = ["Runner", "prepare", "PreparedJob", "batch_deadline_s", "RECORD_MAX_BYTES"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,11 @@ def _split(check: str | None, tests: Any, entry_point: str, prelude: str | None)
     if check is not None:
         return split_check_program(check, entry_point, prelude)
     return split_snippets([(t.name, t.code) for t in tests], entry_point, prelude)
+
+
+def batch_deadline_s(policy: Policy, samples: int) -> float:
+    """The host's wall-clock backstop for a batch; the queue's job timeout is set above it."""
+    return policy.job_wall_time_s * samples + policy.check_cpu_time_s * 2 + HOST_STARTUP_MARGIN_S
 
 
 def batch_message(prepared: list[PreparedJob]) -> dict[str, Any]:
@@ -153,9 +158,8 @@ class Runner:
         policy = batch[0].policy
         sandbox = self.pool.acquire(policy)
         sandbox_id = sandbox.id[:12]
-        deadline = policy.job_wall_time_s * len(batch) + policy.check_cpu_time_s * 2 + HOST_STARTUP_MARGIN_S
         try:
-            reply = sandbox.run(batch_message(batch), timeout_s=deadline)
+            reply = sandbox.run(batch_message(batch), timeout_s=batch_deadline_s(policy, len(batch)))
         except BaseException:
             self.pool.discard(sandbox)
             raise
