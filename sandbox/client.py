@@ -23,8 +23,8 @@ import redis
 from sandbox import broker
 from sandbox.errors import InfrastructureError, JobValidationError
 from sandbox.models import JobResult, JobSpec
+from sandbox.plan import Planner, PreparedJob, batch_deadline_s
 from sandbox.policy import Policy, load_all_policies
-from sandbox.runner import PreparedJob, batch_deadline_s, prepare
 from sandbox.settings import Settings
 
 __all__ = ["Client", "Submission"]
@@ -37,13 +37,14 @@ class Client:
         self.settings = settings or Settings()
         self.connection = connection or broker.connect(self.settings.redis_url)
         self.policies: dict[str, Policy] = load_all_policies(self.settings.policies_dir)
+        self.planner = Planner(self.policies, self.settings.images_dir)
 
     def validate(self, job: JobSpec) -> PreparedJob:
         """Check a job before it is queued; raises ``JobValidationError`` naming the problem."""
-        if job.policy not in self.policies:
-            raise JobValidationError(f"job {job.id}: unknown policy {job.policy!r} "
-                                     f"(known: {', '.join(sorted(self.policies))})")
-        return prepare(job, self.policies[job.policy])
+        try:
+            return self.planner.prepare(job)
+        except JobValidationError as exc:
+            raise JobValidationError(f"job {job.id}: {exc}") if not str(exc).startswith(f"job {job.id}") else exc
 
     def submit(self, jobs: Iterable[JobSpec], queue: str = "bulk", submission_id: str | None = None,
                reuse: bool = True) -> "Submission":
@@ -83,7 +84,7 @@ class Submission:
     def _plan(self, prepared: list[PreparedJob], reuse: bool) -> None:
         representatives: dict[str, PreparedJob] = {}
         for item in prepared:
-            key = item.job.content_key()
+            key = item.cache_key
             if key in representatives:
                 self._copies[representatives[key].job.id].append(item.job)
             else:

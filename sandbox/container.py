@@ -21,8 +21,11 @@ import docker.errors
 import requests.exceptions
 from docker.types import Ulimit
 
+from pydantic import TypeAdapter, ValidationError
+
 from sandbox.errors import ImageMissing, InfrastructureError, RuntimeUnavailable, SandboxCrashed, SandboxTimeout
 from sandbox.harness import protocol
+from sandbox.harness.messages import BatchReply, BatchRequest, Failure, Ready, to_dict
 from sandbox.policy import Policy
 
 __all__ = ["container_settings", "Sandbox", "docker_client", "owner_id", "SERVICE_LABEL", "OWNER_LABEL", "SANDBOX_USER",
@@ -33,17 +36,25 @@ log = logging.getLogger(__name__)
 SERVICE_LABEL = "io.sandbox-exec.service"
 OWNER_LABEL = "io.sandbox-exec.owner"
 POLICY_LABEL = "io.sandbox-exec.policy"
-SANDBOX_USER = "65534:65534"  # nobody:nogroup
-# Charged to the container besides the program: gVisor's own kernel (the Sentry), the supervisor
-# and the zygote. Each program process is held to memory_mib by RLIMIT_AS inside.
-SENTRY_MEMORY_MIB = 384
+# The supervisor and the zygote run as root inside gVisor with only the capabilities that putting
+# each sample under a uid of its own needs: SETUID/SETGID (switch), KILL (end a sample's processes),
+# CHOWN (hand a scratch directory to a sample and take it back). Every other process drops them.
+SANDBOX_USER = "0:0"
+TRUSTED_CAPABILITIES = ["SETUID", "SETGID", "KILL", "CHOWN"]
+# Charged to the container besides the program: gVisor's own kernel (the Sentry), the supervisor,
+# the zygote and the test driver. Each process is held to memory_mib by RLIMIT_AS inside.
+SENTRY_MEMORY_MIB = 512
 SUPERVISOR = ["python3", "-I", "/opt/harness/supervisor.py"]
+SLOTS = 1  # samples one sandbox runs at once
 _STREAM_HEADER = struct.Struct(">BxxxI")
+_REPLY = TypeAdapter(BatchReply | Failure)
+_READY = TypeAdapter(Ready | Failure)
 
 
 def container_settings(policy: Policy, image: str, labels: dict[str, str]) -> dict[str, Any]:
     """Keyword arguments for ``containers.create``: isolation and limits, nothing else."""
-    memory = f"{policy.memory_mib + SENTRY_MEMORY_MIB}m"
+    memory = f"{policy.memory_mib * SLOTS * 2 + SENTRY_MEMORY_MIB}m"  # each slot: its sample and its driver
+    scratch = {f"/scratch/{slot}": f"rw,nosuid,nodev,noexec,size={policy.scratch_mib}m,mode=0711" for slot in range(SLOTS)}
     return {
         "image": image,
         "command": SUPERVISOR,
@@ -52,8 +63,11 @@ def container_settings(policy: Policy, image: str, labels: dict[str, str]) -> di
         "read_only": True,
         "user": SANDBOX_USER,
         "cap_drop": ["ALL"],
+        "cap_add": TRUSTED_CAPABILITIES,
         "security_opt": ["no-new-privileges"],
-        "tmpfs": {"/tmp": f"rw,nosuid,nodev,noexec,size={policy.scratch_mib}m,mode=1777"},
+        "tmpfs": {"/tmp": "rw,nosuid,nodev,noexec,size=1m,mode=0700", **scratch},
+        "shm_size": f"{policy.shm_mib}m",
+        "log_config": {"type": "none"},  # output reaches the host only through the capped attach stream
         "mem_limit": memory,
         "memswap_limit": memory,  # equal to mem_limit: no swap
         "nano_cpus": int(policy.cpus * 1e9),
@@ -76,6 +90,7 @@ class Sandbox:
 
     def __init__(self, client: docker.DockerClient, policy: Policy, image: str, owner: str) -> None:
         self.policy = policy
+        self.image = image
         self.runs = 0
         self._client = client
         self._key = secrets.token_bytes(32)
@@ -85,6 +100,7 @@ class Sandbox:
         self._socket: socket.socket | None = None
         self._attach: Any = None
         self.runtime = ""
+        self.kernel = ""
         self._start(image, owner)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -117,9 +133,10 @@ class Sandbox:
 
     def _handshake(self) -> None:
         self._send({"op": "hello", "key": self._key.hex()})
-        ready = self._receive(deadline=time.monotonic() + 60)
-        if ready.get("op") != "ready":
-            raise SandboxCrashed(f"supervisor did not say ready: {ready}")
+        ready = self._receive(_READY, deadline=time.monotonic() + 60, max_bytes=1 << 16)
+        if not isinstance(ready, Ready):
+            raise SandboxCrashed(f"supervisor did not say ready: {ready.message}")
+        self.kernel = ready.kernel
         self._container.reload()
         self.runtime = self._container.attrs["HostConfig"].get("Runtime") or "runc"
         if self.runtime != self.policy.runtime:
@@ -154,13 +171,13 @@ class Sandbox:
         return self._container.id if self._container is not None else ""
 
     # -- protocol ----------------------------------------------------------------------------
-    def run(self, batch: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    def run(self, batch: BatchRequest, timeout_s: float, max_reply_bytes: int) -> BatchReply:
         """Send one batch and wait for its result; past ``timeout_s`` the container is killed."""
         self.runs += 1
-        self._send({"op": "run", **batch})
-        reply = self._receive(deadline=time.monotonic() + timeout_s)
-        if reply.get("op") != "result":
-            raise SandboxCrashed(f"supervisor answered {reply.get('op')!r}: {reply.get('message', '')}")
+        self._send(to_dict(batch))
+        reply = self._receive(_REPLY, deadline=time.monotonic() + timeout_s, max_bytes=max_reply_bytes)
+        if isinstance(reply, Failure):
+            raise self._crashed(f"the supervisor reported: {reply.message}")
         return reply
 
     def _send(self, message: dict[str, Any]) -> None:
@@ -170,13 +187,17 @@ class Sandbox:
         except OSError as exc:
             raise self._crashed(f"could not write to the sandbox: {exc}") from exc
 
-    def _receive(self, deadline: float) -> dict[str, Any]:
+    def _receive(self, model: TypeAdapter[Any], deadline: float, max_bytes: int) -> Any:
+        """One authenticated frame from the supervisor, bounded and validated against ``model``."""
         header = self._read_stdout(protocol.HEADER.size, deadline)
         try:
-            body = self._read_stdout(protocol.frame_length(header), deadline)
-            return protocol.unpack(body, self._key)
-        except protocol.FrameError as exc:
-            raise self._crashed(f"sandbox broke protocol: {exc}") from exc
+            length = protocol.frame_length(header)
+            if length > max_bytes:
+                raise protocol.FrameError(f"a reply of {length} bytes exceeds the {max_bytes} this batch allows")
+            body = protocol.authenticated(self._read_stdout(length, deadline), self._key)
+            return model.validate_json(body, strict=True)
+        except (protocol.FrameError, ValidationError) as exc:
+            raise self._crashed(f"sandbox broke protocol: {str(exc)[:500]}") from exc
 
     def _read_stdout(self, size: int, deadline: float) -> bytes:
         """Demultiplex docker's attach stream until ``size`` bytes of stdout are buffered."""

@@ -7,14 +7,11 @@ filesystem is cached by package list, so a harness change costs seconds, not a n
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
-import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -22,48 +19,12 @@ import docker
 import docker.errors
 
 from sandbox.errors import ImageMissing, InfrastructureError
+from sandbox.imagedef import HARNESS_DIR, SERVICE, ImageDefinition, harness_files, load_definition, project_files
 
-__all__ = ["ImageDefinition", "load_definition", "require_image", "image_exists", "build_image", "debian_mirror", "HARNESS_DIR"]
+__all__ = ["require_image", "image_exists", "build_image", "debian_mirror"]
 
-HARNESS_DIR = Path(__file__).parent / "harness"
-SERVICE = "service"  # the image compose runs workers in; everything else under images/ is a sandbox image
-HARNESS_FILES = ("startup.py", "hardening.py", "protocol.py", "values.py", "replay.py", "candidate.py", "checker.py", "zygote.py",
-                 "supervisor.py")
 CACHE_DIR = Path("/var/cache/sandbox-exec")
-
-
-@dataclass(frozen=True)
-class ImageDefinition:
-    name: str
-    version: str
-    suite: str
-    variant: str
-    packages: tuple[str, ...]
-    digest: str
-
-    @property
-    def tag(self) -> str:
-        return f"{self.name}:{self.version}-{self.digest[:12]}"
-
-    @property
-    def rootfs_key(self) -> str:
-        material = f"{self.suite}|{self.variant}|{','.join(sorted(self.packages))}"
-        return hashlib.sha256(material.encode()).hexdigest()[:16]
-
-
-def load_definition(images_dir: Path, language: str = "python") -> ImageDefinition:
-    path = images_dir / language / "image.toml"
-    raw = path.read_bytes()
-    data = tomllib.loads(raw.decode())
-    digest = hashlib.sha256(raw)
-    for name in HARNESS_FILES:
-        digest.update(name.encode() + b"\0" + (HARNESS_DIR / name).read_bytes())
-    if language == SERVICE:
-        for source in _project_files(images_dir.parent):
-            digest.update(str(source.relative_to(images_dir.parent)).encode() + b"\0" + source.read_bytes())
-    return ImageDefinition(name=data["name"], version=str(data["version"]), suite=data["suite"],
-                           variant=data.get("variant", "minbase"), packages=tuple(data["packages"]),
-                           digest=digest.hexdigest())
+MAX_SLOTS = 16  # samples one sandbox may run at once
 
 
 def require_image(client: docker.DockerClient, images_dir: Path, language: str = "python") -> str:
@@ -158,21 +119,27 @@ def _rootfs(definition: ImageDefinition, say: Callable[[str], None]) -> Path:
 
 
 def _install_harness(rootfs: Path) -> None:
+    _strip_setid_bits(rootfs)
+    for slot in range(MAX_SLOTS):  # mount points of the per-slot scratch tmpfs (the root is read-only)
+        (rootfs / "scratch" / str(slot)).mkdir(parents=True, exist_ok=True)
     target = rootfs / "opt/harness"
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
-    for name in HARNESS_FILES:
-        shutil.copy2(HARNESS_DIR / name, target / name)
-        (target / name).chmod(0o644)
+    for source in harness_files():
+        shutil.copy2(source, target / source.name)
+        (target / source.name).chmod(0o644)
     # Compile with the image's own Python: the root filesystem is read-only at run time.
     subprocess.run(["chroot", str(rootfs), "python3", "-m", "compileall", "-q", "/opt/harness"], check=True)
 
 
-def _project_files(root: Path) -> list[Path]:
-    files = [root / "pyproject.toml", root / "README.md"]
-    for folder in ("sandbox", "worker", "policies", "images"):
-        files += sorted(p for p in (root / folder).rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-    return files
+def _strip_setid_bits(rootfs: Path) -> None:
+    """No setuid or setgid file may exist in a sandbox image (a program must not gain a uid by exec)."""
+    for path in rootfs.rglob("*"):
+        if path.is_symlink() or not path.is_file():
+            continue
+        mode = path.stat().st_mode
+        if mode & 0o6000:
+            path.chmod(mode & ~0o6000 & 0o7777)
 
 
 def _install_project(rootfs: Path, say: Callable[[str], None]) -> None:
@@ -180,7 +147,7 @@ def _install_project(rootfs: Path, say: Callable[[str], None]) -> None:
     root = HARNESS_DIR.parent.parent
     target = rootfs / "opt/sandbox/src"
     shutil.rmtree(rootfs / "opt/sandbox", ignore_errors=True)
-    for source in _project_files(root):
+    for source in project_files(root):
         destination = target / source.relative_to(root)
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, destination)

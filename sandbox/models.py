@@ -39,7 +39,8 @@ class TestStatus(str, Enum):
     failed = "failed"    # an assertion was false
     error = "error"      # the test raised (for example the program raised while being called)
     timeout = "timeout"  # the sample ran out of time before this test finished
-    not_run = "not_run"  # the program failed to load, or the service failed
+    not_run = "not_run"  # never reached: the program failed to load, or the test program stopped before it
+    skipped = "skipped"  # the test program completed without reaching this assert (a branch not taken)
 
 
 class _Frozen(BaseModel):
@@ -130,6 +131,7 @@ class JobResult(_Frozen):
     sandbox_id: str = Field(default="", description="container that ran the job (short id)")
     attempts: int = 1
     reused: bool = False
+    anomalies: tuple[str, ...] = Field(default=(), description="what the sample left behind or broke; never cached")
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @property

@@ -1,4 +1,4 @@
-"""Warm sandboxes, kept per policy and handed out one batch at a time.
+"""Warm sandboxes, kept per (policy, image) and handed out one batch at a time.
 
 Starting a gVisor container costs most of a second; running one more sample in a warm one costs
 tens of milliseconds. A sandbox goes back to the pool only if its supervisor found nothing a
@@ -24,11 +24,10 @@ log = logging.getLogger(__name__)
 
 
 class SandboxPool:
-    def __init__(self, client: docker.DockerClient, image: str, owner: str, max_runs: int = 500,
-                 warm: bool = True) -> None:
-        self.image, self.owner, self.max_runs, self.warm = image, owner, max_runs, warm
+    def __init__(self, client: docker.DockerClient, owner: str, max_runs: int = 500, warm: bool = True) -> None:
+        self.owner, self.max_runs, self.warm = owner, max_runs, warm
         self._client = client
-        self._idle: dict[Policy, list[Sandbox]] = defaultdict(list)
+        self._idle: dict[tuple[Policy, str], list[Sandbox]] = defaultdict(list)
         self._lock = threading.Lock()
         self._warming: list[threading.Thread] = []
         self._live: set[Sandbox] = set()
@@ -43,20 +42,20 @@ class SandboxPool:
         with self._lock:
             return [s.id for s in self._live if s.id]
 
-    def acquire(self, policy: Policy) -> Sandbox:
+    def acquire(self, policy: Policy, image: str) -> Sandbox:
         with self._lock:
-            if self._idle[policy]:
-                return self._idle[policy].pop()
-        return self._new(policy)
+            if self._idle[policy, image]:
+                return self._idle[policy, image].pop()
+        return self._new(policy, image)
 
     def release(self, sandbox: Sandbox, recycle: bool) -> None:
         if recycle or not self.warm or sandbox.runs >= self.max_runs:
             self._close(sandbox)
             if self.warm:
-                self._warm_up(sandbox.policy)
+                self._warm_up(sandbox.policy, sandbox.image)
             return
         with self._lock:
-            self._idle[sandbox.policy].append(sandbox)
+            self._idle[sandbox.policy, sandbox.image].append(sandbox)
 
     def discard(self, sandbox: Sandbox) -> None:
         self._close(sandbox)
@@ -79,22 +78,22 @@ class SandboxPool:
         with self._lock:
             return sum(len(s) for s in self._idle.values())
 
-    def _new(self, policy: Policy) -> Sandbox:
-        sandbox = Sandbox(self._client, policy, self.image, self.owner)
+    def _new(self, policy: Policy, image: str) -> Sandbox:
+        sandbox = Sandbox(self._client, policy, image, self.owner)
         with self._lock:
             self.started += 1
             self._live.add(sandbox)
         return sandbox
 
-    def _warm_up(self, policy: Policy) -> None:
+    def _warm_up(self, policy: Policy, image: str) -> None:
         def start() -> None:
             try:
-                sandbox = self._new(policy)
+                sandbox = self._new(policy, image)
             except SandboxError as exc:  # the next acquire will try again and report the failure
                 log.warning("could not pre-start a sandbox: %s", exc)
                 return
             with self._lock:
-                self._idle[policy].append(sandbox)
+                self._idle[policy, image].append(sandbox)
 
         self._warming = [t for t in self._warming if t.is_alive()]
         thread = threading.Thread(target=start, name="sandbox-warmup", daemon=True)

@@ -1,9 +1,12 @@
-"""Run jobs in sandboxes: job specs in, one ``JobResult`` per job out, whatever fails.
+"""Run jobs in sandboxes: job specs in, exactly one ``JobResult`` per job out, whatever fails.
 
-Jobs that share their tests and policy travel to one sandbox as a batch. If a sandbox dies in a
-batch, the batch is split so each job runs alone in a fresh sandbox; a job that kills its own
-sandbox twice gets the verdict ``error`` (its fault), while failures to create or reach sandboxes
-are retried with backoff and end as ``infra_error``, never blamed on the program.
+Jobs that share their tests, policy and image travel to one sandbox as a batch. Samples the
+sandbox did not start (it asked to be discarded after an unclean sample) go on in a fresh one.
+If a sandbox dies in a batch, the batch is split so each job runs alone; a job whose lone sandbox
+dies twice gets ``error`` (or ``timeout``), its own fault, but only after a known-good canary has
+run fine in a fresh sandbox: if the canary fails too, the service is at fault and the job gets
+``infra_error``. Failures to create or reach sandboxes are retried with backoff and end as
+``infra_error``, never blamed on a program.
 """
 
 from __future__ import annotations
@@ -11,94 +14,28 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Iterable, Iterator
 
 from sandbox.errors import InfrastructureError, JobValidationError, SandboxCrashed, SandboxTimeout
-from sandbox.models import JobResult, JobSpec, TestResult, TestStatus, Verdict
-from sandbox.policy import Policy
+from sandbox.harness.messages import BatchReply
+from sandbox.models import JobResult, JobSpec, TestStatus, Verdict
+from sandbox.plan import Planner, PreparedJob, batch_deadline_s, batch_request
 from sandbox.pool import SandboxPool
-from sandbox.testsplit import SplitTests, defined_names_of, split_check_program, split_snippets
+from sandbox.verdict import to_result, whole_job_result
 
-__all__ = ["Runner", "prepare", "PreparedJob", "batch_deadline_s", "RECORD_MAX_BYTES"]
+__all__ = ["Runner", "CANARY"]
 
 log = logging.getLogger(__name__)
 
-RECORD_MAX_BYTES = 32 << 20
-HOST_STARTUP_MARGIN_S = 10.0
-
-
-@dataclass(frozen=True)
-class PreparedJob:
-    job: JobSpec
-    policy: Policy
-    split: SplitTests
-    prelude: str | None
-
-    @property
-    def group_key(self) -> tuple[Any, ...]:
-        """Jobs with equal keys can share one batch: same tests, prelude and limits."""
-        return (self.job.check, self.job.tests, self.job.entry_point, self.prelude, self.policy)
-
-
-def prepare(job: JobSpec, base_policy: Policy) -> PreparedJob:
-    """Check a job against its policy and split its tests; raises ``JobValidationError``."""
-    policy = base_policy.tightened(job.limits)
-    limit = policy.program_max_kib * 1024
-    if len(job.source.encode()) > limit:
-        raise JobValidationError(f"job {job.id}: program is {len(job.source.encode())} bytes, "
-                                 f"policy {policy.name!r} accepts at most {limit} (program_max_kib)")
-    test_size = len((job.check or "").encode()) + sum(len(t.code.encode()) for t in job.tests or ())
-    if test_size > limit:
-        raise JobValidationError(f"job {job.id}: tests are {test_size} bytes, at most {limit} accepted")
-    prelude = _trusted_prelude(job)
-    split = _split(job.check, job.tests, job.entry_point, prelude)
-    return PreparedJob(job, policy, split, prelude)
-
-
-def _trusted_prelude(job: JobSpec) -> str | None:
-    """The prompt is the problem's own text: trusted to define helpers (like HumanEval's ``poly``)."""
-    if job.program is not None or not job.prompt.strip():
-        return None
-    return job.prompt if defined_names_of(job.prompt) else None
-
-
-@lru_cache(maxsize=512)
-def _split(check: str | None, tests: Any, entry_point: str, prelude: str | None) -> SplitTests:
-    if check is not None:
-        return split_check_program(check, entry_point, prelude)
-    return split_snippets([(t.name, t.code) for t in tests], entry_point, prelude)
-
-
-def batch_deadline_s(policy: Policy, samples: int) -> float:
-    """The host's wall-clock backstop for a batch; the queue's job timeout is set above it."""
-    return policy.job_wall_time_s * samples + policy.check_cpu_time_s * 2 + HOST_STARTUP_MARGIN_S
-
-
-def batch_message(prepared: list[PreparedJob]) -> dict[str, Any]:
-    first = prepared[0]
-    policy = first.policy
-    return {
-        "samples": [{"id": p.job.id, "program": p.job.source} for p in prepared],
-        "entry_point": first.job.entry_point,
-        "untrusted_names": list(first.split.untrusted_names),
-        "prelude_names": list(first.split.prelude_names),
-        "prelude": first.prelude,
-        "tests": [{"name": t.name, "phase1": t.phase1, "phase2": t.phase2} for t in first.split.tests],
-        "limits": {"cpu_time_s": policy.cpu_time_s, "wall_time_s": policy.wall_time_s,
-                   "memory_mib": policy.memory_mib, "processes": policy.processes,
-                   "file_size_mib": policy.file_size_mib, "open_files": policy.open_files,
-                   "output_max_bytes": policy.output_max_kib * 1024, "record_max_bytes": RECORD_MAX_BYTES,
-                   "check_cpu_time_s": policy.check_cpu_time_s},
-    }
+REPLY_OVERHEAD_BYTES = 1 << 20
+CANARY = JobSpec(id="canary", program="def add(a, b):\n    return a + b\n",
+                 check="def check(candidate):\n    assert candidate(2, 3) == 5\n", entry_point="add", policy="default")
 
 
 class Runner:
-    def __init__(self, pool: SandboxPool, policies: dict[str, Policy], infra_attempts: int = 3,
-                 backoff_s: float = 0.5) -> None:
+    def __init__(self, pool: SandboxPool, planner: Planner, infra_attempts: int = 3, backoff_s: float = 0.5) -> None:
         self.pool = pool
-        self.policies = policies
+        self.planner = planner
         self.infra_attempts = infra_attempts
         self.backoff_s = backoff_s
 
@@ -112,19 +49,13 @@ class Runner:
         groups: dict[tuple[Any, ...], list[PreparedJob]] = {}
         for job in jobs:
             try:
-                prepared = prepare(job, self._policy(job))
+                prepared = self.planner.prepare(job)
             except JobValidationError as exc:
-                yield JobResult(job_id=job.id, verdict=Verdict.error, error=f"invalid job: {exc}",
-                                metadata=job.metadata)
+                yield JobResult(job_id=job.id, verdict=Verdict.error, error=f"invalid job: {exc}", metadata=job.metadata)
                 continue
             groups.setdefault(prepared.group_key, []).append(prepared)
         for group in groups.values():
             yield from self._run_group(group)
-
-    def _policy(self, job: JobSpec) -> Policy:
-        if job.policy not in self.policies:
-            raise JobValidationError(f"unknown policy {job.policy!r} (known: {', '.join(sorted(self.policies))})")
-        return self.policies[job.policy]
 
     def _run_group(self, group: list[PreparedJob]) -> Iterator[JobResult]:
         batches: deque[list[PreparedJob]] = deque([group])
@@ -139,7 +70,7 @@ class Runner:
                     continue
                 prepared = batch[0]
                 failures[prepared.job.id].append(exc)
-                final = _final_failure(prepared, failures[prepared.job.id], self.infra_attempts)
+                final = self._final_failure(prepared, failures[prepared.job.id])
                 if final is not None:
                     yield final
                 else:
@@ -147,101 +78,62 @@ class Runner:
                     batches.append(batch)
                 continue
             by_id = {p.job.id: p for p in batch}
-            for sample in reply["samples"]:
-                prepared = by_id[sample["id"]]
-                yield to_result(prepared, sample, runtime, sandbox_id, attempts=len(failures[prepared.job.id]) + 1)
-            unrun = [by_id[job_id] for job_id in reply["unrun"]]
-            if unrun:
-                batches.append(unrun)
+            anomalies = () if reply.healthy else tuple(f"sandbox discarded after this batch: {a}" for a in reply.anomalies)
+            for report in reply.samples:
+                prepared = by_id.pop(report.id)
+                yield to_result(prepared, report, runtime, sandbox_id, attempts=len(failures[prepared.job.id]) + 1,
+                                anomalies=anomalies)
+            if by_id:  # not started: the sandbox had to be discarded first
+                batches.append(list(by_id.values()))
 
-    def _execute(self, batch: list[PreparedJob]) -> tuple[dict[str, Any], str, str]:
-        policy = batch[0].policy
-        sandbox = self.pool.acquire(policy)
+    def _execute(self, batch: list[PreparedJob]) -> tuple[BatchReply, str, str]:
+        first = batch[0]
+        sandbox = self.pool.acquire(first.policy, first.image)
         sandbox_id = sandbox.id[:12]
+        request = batch_request(batch)
+        max_bytes = len(batch) * (2 * request.limits.output_max_bytes + (1 << 20)) + REPLY_OVERHEAD_BYTES
         try:
-            reply = sandbox.run(batch_message(batch), timeout_s=batch_deadline_s(policy, len(batch)))
+            reply = sandbox.run(request, timeout_s=batch_deadline_s(first.policy, len(batch)), max_reply_bytes=max_bytes)
         except BaseException:
             self.pool.discard(sandbox)
             raise
-        if reply.get("checker_error"):
+        if {report.id for report in reply.samples} | set(reply.unrun) != {p.job.id for p in batch}:
             self.pool.discard(sandbox)
-            raise InfrastructureError(f"the checker failed: {reply['checker_error']}")
-        self.pool.release(sandbox, recycle=bool(reply.get("recycle")))
+            raise SandboxCrashed("the sandbox answered for other samples than it was given")
+        self.pool.release(sandbox, recycle=not reply.healthy)
         return reply, sandbox.runtime, sandbox_id
 
+    def _final_failure(self, prepared: PreparedJob, failures: list[InfrastructureError]) -> JobResult | None:
+        """Decide whether a lone job's sandbox failures are final, and whose fault they are."""
+        last = failures[-1]
+        crashes = [f for f in failures if isinstance(f, SandboxCrashed)]
+        if len(crashes) >= 2:
+            healthy, why = self._canary_passes(prepared)
+            if not healthy:
+                return whole_job_result(prepared, Verdict.infra_error, TestStatus.not_run,
+                                        f"the sandbox failed and so did a known-good canary ({why}): {last}", len(failures))
+            if all(isinstance(f, SandboxTimeout) for f in crashes[-2:]):
+                return whole_job_result(prepared, Verdict.timeout, TestStatus.timeout,
+                                        f"the sandbox stopped answering twice (host backstop "
+                                        f"{prepared.policy.job_wall_time_s} s): {last}", len(failures))
+            return whole_job_result(prepared, Verdict.error, TestStatus.not_run,
+                                    f"the program brought its sandbox down twice (a canary then ran fine): {last}",
+                                    len(failures))
+        if len(failures) >= self.infra_attempts:
+            return whole_job_result(prepared, Verdict.infra_error, TestStatus.not_run,
+                                    f"infrastructure failure after {len(failures)} attempts: {last}", len(failures))
+        log.warning("job %s attempt %d failed: %s", prepared.job.id, len(failures), last)
+        return None
 
-def _final_failure(prepared: PreparedJob, failures: list[InfrastructureError], attempts: int) -> JobResult | None:
-    """Decide whether a lone job's sandbox failures are final, and whose fault they are."""
-    job, last = prepared.job, failures[-1]
-    crashes = [f for f in failures if isinstance(f, SandboxCrashed)]
-    if len(crashes) >= 2 and all(isinstance(f, SandboxTimeout) for f in crashes[-2:]):
-        return _whole_job_result(prepared, Verdict.timeout, TestStatus.timeout,
-                                 f"the sandbox stopped answering twice (host backstop {prepared.policy.job_wall_time_s}"
-                                 f" s): {last}", len(failures))
-    if len(crashes) >= 2 and not any(isinstance(f, SandboxTimeout) for f in crashes[-2:]):
-        return _whole_job_result(prepared, Verdict.error, TestStatus.not_run,
-                                 f"the program brought its sandbox down twice: {last}", len(failures))
-    if len(failures) >= attempts:
-        return _whole_job_result(prepared, Verdict.infra_error, TestStatus.not_run,
-                                 f"infrastructure failure after {len(failures)} attempts: {last}", len(failures))
-    log.warning("job %s attempt %d failed: %s", job.id, len(failures), last)
-    return None
-
-
-def _whole_job_result(prepared: PreparedJob, verdict: Verdict, status: TestStatus, message: str,
-                      attempts: int) -> JobResult:
-    tests = tuple(TestResult(name=t.name, status=status, message=message[:300]) for t in prepared.split.tests)
-    return JobResult(job_id=prepared.job.id, verdict=verdict, tests=tests, error=message,
-                     attempts=attempts, metadata=prepared.job.metadata, runtime=prepared.policy.runtime)
-
-
-def to_result(prepared: PreparedJob, sample: dict[str, Any], runtime: str, sandbox_id: str = "",
-              attempts: int = 1) -> JobResult:
-    """Turn the supervisor's report on one sample into the job's result."""
-    tests, verdict, error = _judge(prepared, sample)
-    return JobResult(
-        job_id=prepared.job.id, verdict=verdict, tests=tests, error=error,
-        stdout=sample.get("stdout", ""), stderr=sample.get("stderr", ""),
-        stdout_truncated=bool(sample.get("stdout_truncated")), stderr_truncated=bool(sample.get("stderr_truncated")),
-        wall_time_s=sample.get("wall_s"), cpu_time_s=sample.get("cpu_s"), peak_memory_kib=sample.get("max_rss_kib"),
-        runtime=runtime, sandbox_id=sandbox_id, attempts=attempts, metadata=prepared.job.metadata)
-
-
-def _judge(prepared: PreparedJob, sample: dict[str, Any]) -> tuple[tuple[TestResult, ...], Verdict, str]:
-    names = [t.name for t in prepared.split.tests]
-    state, timed_out = sample.get("state"), bool(sample.get("timed_out"))
-    exit_note = f"exit status {sample.get('returncode')}"
-    if state == "program_error":
-        kind, message = (sample.get("error") or ["Error", ""])[:2]
-        error = f"{kind}: {message}".strip()
-        return tuple(TestResult(name=n, status=TestStatus.not_run, message=f"program failed to load: {error}"[:300])
-                     for n in names), Verdict.error, error
-    if state == "missing_entry_point":
-        reason = f"the program does not define {prepared.job.entry_point!r}"
-        return tuple(TestResult(name=n, status=TestStatus.failed, message=reason) for n in names), Verdict.failed, reason
-    if state != "loaded":
-        if timed_out:
-            reason = "time limit exceeded while loading the program"
-            return tuple(TestResult(name=n, status=TestStatus.timeout, message=reason) for n in names), \
-                Verdict.timeout, reason
-        reason = f"the program ended its process while loading ({exit_note})"
-        return tuple(TestResult(name=n, status=TestStatus.not_run, message=reason) for n in names), \
-            Verdict.error, reason
-    tests = []
-    for name in names:
-        record = sample["tests"].get(name)
-        if record is None or "verdict" not in record:
-            status = TestStatus.timeout if timed_out else TestStatus.error
-            message = "time limit exceeded before this test finished" if timed_out else \
-                f"the program ended its process before this test finished ({exit_note})"
-            tests.append(TestResult(name=name, status=status, message=message))
-            continue
-        verdict = record["verdict"]
-        tests.append(TestResult(name=name, status=TestStatus(verdict["status"]), message=verdict["message"][:300],
-                                duration_s=record.get("duration_s")))
-    statuses = {t.status for t in tests}
-    if timed_out:
-        return tuple(tests), Verdict.timeout, "time limit exceeded"
-    if statuses == {TestStatus.passed}:
-        return tuple(tests), Verdict.passed, ""
-    return tuple(tests), Verdict.failed, ""
+    def _canary_passes(self, prepared: PreparedJob) -> tuple[bool, str]:
+        """Run a known-good program under the same policy and image in a fresh sandbox."""
+        canary = self.planner.prepare(CANARY.model_copy(update={"policy": prepared.job.policy}))
+        canary = PreparedJob(canary.job, prepared.policy, canary.tests, None, prepared.image)
+        try:
+            reply, _, _ = self._execute([canary])
+        except InfrastructureError as exc:
+            return False, str(exc)[:200]
+        result = to_result(canary, reply.samples[0], "") if reply.samples else None
+        if result is None or result.verdict is not Verdict.passed:
+            return False, f"canary verdict {result.verdict.value if result else 'missing'}"
+        return True, ""

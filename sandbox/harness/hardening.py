@@ -1,14 +1,85 @@
-"""Process hardening shared by the supervisor and the zygote (stdlib only; runs inside the sandbox)."""
+"""Process hardening for the harness (stdlib only; runs inside the sandbox).
+
+Inside gVisor a process may signal, stop, ``prlimit`` and open ``/proc/<pid>/fd`` of every process
+with its uid, so uids are the wall between trust domains: the supervisor and the zygote run as
+root with only the capabilities that switching users needs, and every forked child gives them up
+for good (``setresuid`` to a non-root uid clears its capabilities) before it runs anything else.
+"""
 
 from __future__ import annotations
 
 import ctypes
+import os
+import struct
 
 PR_SET_DUMPABLE = 4
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class HardeningError(OSError):
+    """A hardening step did not take effect; the process must not go on."""
 
 
 def make_unreachable() -> None:
-    """Non-dumpable: processes of the same uid can neither ptrace this one nor read its memory."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
+    """Non-dumpable: no process may read this one's memory or ptrace it, even with its uid."""
+    if _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        raise HardeningError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
+
+
+def become(uid: int) -> None:
+    """Switch every uid and gid to ``uid`` with no supplementary groups; prove no capability is left."""
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    if os.getresuid() != (uid, uid, uid) or os.getresgid() != (uid, uid, uid):
+        raise HardeningError(0, f"uid switch to {uid} did not take effect")
+    with open("/proc/self/status", "rb") as status:
+        for line in status.read().splitlines():
+            if line.startswith((b"CapPrm:", b"CapEff:", b"CapAmb:")) and int(line.split()[1], 16) != 0:
+                raise HardeningError(0, f"capabilities left after the uid switch: {line.decode()}")
+
+
+# POSIX message queues cannot be listed without mounting mqueuefs (which needs CAP_SYS_ADMIN), so
+# the supervisor could never prove a sample left none behind: samples may not create them.
+_DENIED_SYSCALLS_X86_64 = (240, 241, 242, 243, 244, 245)  # mq_open, mq_unlink, mq_timedsend/receive, mq_notify, mq_getsetattr
+_DENIED_SYSCALLS_AARCH64 = (180, 181, 182, 183, 184, 185)
+_AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+_BPF_LD_W_ABS, _BPF_JEQ_K, _BPF_RET_K = 0x20, 0x15, 0x06
+_SECCOMP_RET_ALLOW, _SECCOMP_RET_ERRNO, _SECCOMP_RET_KILL = 0x7FFF0000, 0x00050000, 0x80000000
+_EPERM = 1
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def _seccomp_program() -> bytes:
+    machine = os.uname().machine
+    denied = _DENIED_SYSCALLS_X86_64 if machine == "x86_64" else _DENIED_SYSCALLS_AARCH64
+
+    def op(code: int, jt: int, jf: int, k: int) -> bytes:
+        return struct.pack("HBBI", code, jt, jf, k)
+
+    program = [op(_BPF_LD_W_ABS, 0, 0, 4), op(_BPF_JEQ_K, 1, 0, _AUDIT_ARCH[machine]), op(_BPF_RET_K, 0, 0, _SECCOMP_RET_KILL),
+               op(_BPF_LD_W_ABS, 0, 0, 0)]
+    for position, number in enumerate(denied):
+        program.append(op(_BPF_JEQ_K, len(denied) - position, 0, number))
+    program += [op(_BPF_RET_K, 0, 0, _SECCOMP_RET_ALLOW), op(_BPF_RET_K, 0, 0, _SECCOMP_RET_ERRNO | _EPERM)]
+    return b"".join(program)
+
+
+_PROGRAM = _seccomp_program()
+
+
+def restrict_syscalls() -> None:
+    """Install the sample's seccomp filter (gVisor enforces it in its own kernel)."""
+    if _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise HardeningError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
+    buffer = ctypes.create_string_buffer(_PROGRAM)
+    program = _SockFprog(len(_PROGRAM) // 8, ctypes.cast(buffer, ctypes.c_void_p))
+    if _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(program), 0, 0) != 0:
+        raise HardeningError(ctypes.get_errno(), "seccomp filter was refused")

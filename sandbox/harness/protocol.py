@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os as _os
 import struct
 from typing import Any, BinaryIO
 
@@ -28,11 +29,17 @@ def pack(message: dict[str, Any], key: bytes | None = None) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
+def authenticated(body: bytes, key: bytes) -> bytes:
+    """The JSON text of a signed frame body; ``FrameError`` unless its HMAC is right."""
+    mac, body = body[:64], body[64:]
+    if not hmac.compare_digest(mac, _sign(body, key)):
+        raise FrameError("frame failed authentication")
+    return body
+
+
 def unpack(body: bytes, key: bytes | None = None) -> dict[str, Any]:
     if key is not None:
-        mac, body = body[:64], body[64:]
-        if not hmac.compare_digest(mac, _sign(body, key)):
-            raise FrameError("frame failed authentication")
+        body = authenticated(body, key)
     try:
         message = json.loads(body)
     except ValueError as exc:
@@ -75,3 +82,43 @@ def _read_exact(stream: BinaryIO, size: int) -> bytes | None:
 
 def _sign(body: bytes, key: bytes) -> bytes:
     return hmac.new(key, body, hashlib.sha256).hexdigest().encode()
+
+
+# -- frames on raw file descriptors (pipes inside the sandbox) ------------------------------------
+def write_frame_fd(fd: int, body: bytes) -> None:
+    """Write one frame; blocks until the reader has taken it (pipes hold 64 KiB)."""
+    data = memoryview(HEADER.pack(len(body)) + body)
+    while data:
+        written = _os.write(fd, data)
+        data = data[written:]
+
+
+class FrameReader:
+    """Reads frames from a file descriptor; refuses frames over ``max_bytes`` without reading them whole."""
+
+    def __init__(self, fd: int, max_bytes: int) -> None:
+        self.fd, self.max_bytes = fd, max_bytes
+        self._buffer = bytearray()
+
+    def read(self) -> bytes | None:
+        """The next frame's body; None at a clean end of stream; ``FrameError`` otherwise."""
+        if not self._fill(HEADER.size):
+            if self._buffer:
+                raise FrameError("stream ended inside a frame header")
+            return None
+        (length,) = HEADER.unpack(self._buffer[:HEADER.size])
+        if length > self.max_bytes:
+            raise FrameError(f"a frame of {length} bytes exceeds the limit of {self.max_bytes}")
+        if not self._fill(HEADER.size + length):
+            raise FrameError("stream ended inside a frame")
+        body = bytes(self._buffer[HEADER.size:HEADER.size + length])
+        del self._buffer[:HEADER.size + length]
+        return body
+
+    def _fill(self, size: int) -> bool:
+        while len(self._buffer) < size:
+            chunk = _os.read(self.fd, max(size - len(self._buffer), 65536))
+            if not chunk:
+                return False
+            self._buffer += chunk
+        return True

@@ -1,21 +1,27 @@
-"""Fork server inside the sandbox (stdlib only): a warm interpreter that forks one child per run.
+"""Fork server inside the sandbox (stdlib only): a warm interpreter that forks every child process.
 
-Starting ``python3`` and importing the harness costs ~40 ms of CPU per process under gVisor; a
-fork of this warm process costs ~12 ms. The zygote is started fresh by the supervisor (it never
-holds the supervisor's key), is non-dumpable (programs cannot read or write its memory or
-ptrace it), and never executes code from a request itself: it only forks. Each child drops the
-zygote's channels, sets its limits and runs ``candidate.run`` (or ``checker.run``).
+Starting ``python3`` and importing the harness costs ~40 ms of CPU under gVisor; a fork of this
+warm process costs ~15 ms. The zygote runs as root with the capabilities to switch users, is
+non-dumpable, and is started by the supervisor with a fresh memory image (it never holds the
+supervisor's key). It never receives a program, a test or an expected value: each child gets its
+payload through its own boot pipe from the supervisor after the fork, so no child can find
+another's data in memory it inherited. Each child switches to the uid it was given (a sample's
+own uid, or a judge uid) before it runs anything else, and so loses every capability.
 
-Requests arrive as frames on a pipe; replies leave on a SOCK_SEQPACKET socket, one message each:
-``started`` (with the child's stdout, stderr and record pipes attached) and ``exited``.
+Requests (``ForkRequest``) and replies (``Forked`` with the parent ends of the child's pipes
+attached, ``Exited`` with its status and resource use) travel on a SOCK_SEQPACKET socket.
 """
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import json
 import os
+import random
 import resource
+import select
+import signal
 import socket
 import sys
 
@@ -24,14 +30,14 @@ import startup  # noqa: E402
 
 startup.like_site()
 
-import candidate  # noqa: E402
-import checker  # noqa: E402
-import protocol  # noqa: E402
-from hardening import make_unreachable  # noqa: E402
+import driver  # noqa: E402
+import hardening  # noqa: E402
+import messages  # noqa: E402
+import sample  # noqa: E402
 
 # Warm the modules programs and tests import most, so a child finds them loaded.
 PRELOAD = ("math", "re", "collections", "itertools", "functools", "heapq", "bisect", "string", "copy", "typing",
-           "hashlib", "statistics", "fractions", "decimal", "operator")  # not numpy: it makes every fork ~8 ms slower
+           "hashlib", "statistics", "fractions", "decimal", "operator", "traceback")  # not numpy: forks get ~8 ms slower
 
 
 def preload() -> None:
@@ -42,41 +48,46 @@ def preload() -> None:
             pass
 
 
-def set_limits(limits: dict, cpu_time_s: float) -> None:
-    cpu = max(1, int(cpu_time_s + 0.999))
-    memory = limits["memory_mib"] * 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limits["file_size_mib"] * 1024 * 1024,) * 2)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (limits["open_files"],) * 2)
-    resource.setrlimit(resource.RLIMIT_NPROC, (limits["processes"],) * 2)
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+def set_limits(limits: messages.Rlimits) -> None:
+    """Lower this process's limits (never above what the container already allows)."""
+    wanted = [(resource.RLIMIT_AS, limits.memory_bytes), (resource.RLIMIT_FSIZE, limits.file_size_bytes),
+              (resource.RLIMIT_NOFILE, limits.open_files), (resource.RLIMIT_NPROC, limits.processes),
+              (resource.RLIMIT_CORE, 0)]
+    if limits.cpu_s:
+        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 1))
+    for kind, value in wanted:
+        _, hard = resource.getrlimit(kind)
+        value = value if hard == resource.RLIM_INFINITY else min(value, hard)
+        resource.setrlimit(kind, (value, value))
 
 
-def child(request: dict, out_w: int, err_w: int, rec_w: int, keep_out: list[int]) -> None:
+def _place(fds: list[int]) -> None:
+    """Make ``fds`` the child's descriptors 0, 1, 2, ... and close every other one."""
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100 + index) for index, fd in enumerate(fds)]
+    for target, fd in enumerate(high):
+        os.dup2(fd, target)
+    os.closerange(len(fds), 65536)
+
+
+def child(request: messages.ForkRequest, fds: list[int]) -> None:
     """Runs in the forked child; never returns."""
     code = 70
     try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         os.setsid()
-        for fd in keep_out:  # the zygote's channels and the parent ends of the pipes
-            os.close(fd)
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
-        os.dup2(out_w, 1)
-        os.dup2(err_w, 2)
-        os.dup2(rec_w, 3)
-        os.closerange(4, 65536)
-        os.chdir(request["scratch"])
+        _place(fds)
         os.environ.clear()
-        os.environ.update(request["env"])
-        set_limits(request["limits"], request["cpu_time_s"])
-        import random
-
-        random.seed()  # each sample gets fresh randomness, not the zygote's state
-        if request["kind"] == "candidate":
-            candidate.run(request["job"], 3)
+        os.environ.update(request.env)
+        hardening.become(request.uid)   # from here on: no capabilities, nothing but this uid
+        os.chdir(request.cwd)           # the scratch directory is the sample's own, mode 0700
+        set_limits(request.rlimits)
+        hardening.restrict_syscalls()
+        random.seed()                   # each child gets fresh randomness, not the zygote's state
+        if request.kind == "sample":
+            sample.main()
         else:
-            sys.stdout.write(json.dumps(checker.run(request["job"])))
+            driver.main()
         code = 0
     except BaseException:  # report, then leave: nothing may return into the zygote's loop
         try:
@@ -95,34 +106,68 @@ def child(request: dict, out_w: int, err_w: int, rec_w: int, keep_out: list[int]
         os._exit(code)
 
 
-def serve(requests_fd: int, replies: socket.socket) -> None:
-    requests = os.fdopen(requests_fd, "rb", buffering=0)
+def spawn(request: messages.ForkRequest, control: socket.socket) -> None:
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    boot = os.pipe()
+    if request.kind == "sample":
+        requests, replies, out, err = os.pipe(), os.pipe(), os.pipe(), os.pipe()
+        child_fds = [devnull, out[1], err[1], boot[0], requests[0], replies[1]]
+        parent_fds = [boot[1], requests[1], replies[0], out[0], err[0]]
+    else:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        for end in (ours, theirs):
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        err = os.pipe()
+        child_fds = [devnull, err[1], err[1], boot[0], theirs.detach()]
+        parent_fds = [boot[1], ours.detach(), err[0]]
+    pid = os.fork()
+    if pid == 0:
+        child(request, child_fds)
+    for fd in set(child_fds):
+        os.close(fd)
+    reply = {"event": "forked", "token": request.token, "pid": pid}
+    socket.send_fds(control, [json.dumps(reply).encode()], parent_fds)
+    for fd in parent_fds:
+        os.close(fd)
+
+
+def report_exits(control: socket.socket) -> None:
     while True:
-        request = protocol.read_frame(requests)
-        if request is None:
+        try:
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
+        except ChildProcessError:
             return
-        pipes = [os.pipe() for _ in range(3)]
-        pid = os.fork()
         if pid == 0:
-            child(request, pipes[0][1], pipes[1][1], pipes[2][1],
-                  [requests_fd, replies.fileno(), *(read for read, _ in pipes)])
-        for _, write in pipes:
-            os.close(write)
-        started = json.dumps({"nonce": request["nonce"], "event": "started", "pid": pid}).encode()
-        socket.send_fds(replies, [started], [read for read, _ in pipes])
-        for read, _ in pipes:
-            os.close(read)
-        _, status, usage = os.wait4(pid, 0)
-        replies.send(json.dumps({"nonce": request["nonce"], "event": "exited", "status": status,
+            return
+        control.send(json.dumps({"event": "exited", "pid": pid, "status": status,
                                  "cpu_s": round(usage.ru_utime + usage.ru_stime, 4),
                                  "max_rss_kib": usage.ru_maxrss}).encode())
 
 
+def serve(control: socket.socket) -> None:
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_write, False)
+    signal.set_wakeup_fd(wake_write)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    while True:
+        readable, _, _ = select.select([control, wake_read], [], [])
+        if wake_read in readable:
+            os.read(wake_read, 4096)
+            report_exits(control)
+        if control in readable:
+            data = control.recv(1 << 16)
+            if not data:
+                return
+            spawn(messages.from_dict(messages.ForkRequest, json.loads(data)), control)
+            report_exits(control)
+
+
 def main() -> None:
-    make_unreachable()
+    hardening.make_unreachable()
     preload()
     gc.freeze()  # children's collections skip inherited objects: fewer copy-on-write faults, costly under gVisor
-    serve(int(sys.argv[1]), socket.socket(fileno=int(sys.argv[2])))
+    serve(socket.socket(fileno=int(sys.argv[1])))
 
 
 if __name__ == "__main__":

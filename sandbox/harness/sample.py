@@ -1,0 +1,160 @@
+"""A sample's own process (untrusted from the moment its program runs; stdlib only).
+
+Forked by the zygote and switched to the sample's own uid before anything here runs. Reads its
+program from the boot pipe (fd 3), runs it as the module ``__main__``, then answers the test
+driver's requests on fd 4 (in) and fd 5 (out): resolve names, call functions, read attributes
+of objects the program made, end. Every reply is the value in the exact-type encoding of
+``values.py``. This process never holds the test code, expected values, or other samples' data;
+whatever it writes on fd 5 is only ever taken as *its own* answer, parsed by the driver as hostile.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import sys
+import types
+
+import protocol
+import values
+
+TYPE_CHECKING = False  # importing typing costs ~4 ms per process under gVisor
+if TYPE_CHECKING:
+    from typing import Any
+
+BOOT_FD, REQUEST_FD, REPLY_FD = 3, 4, 5
+MAX_REQUEST_BYTES = 256 << 20  # requests come from the trusted driver
+MAX_HANDLES = 10_000
+
+# Bound before the program runs: a program that patches json or os only breaks its own answers.
+_dumps = json.JSONEncoder(separators=(",", ":")).encode  # ASCII: lone surrogates stay escaped
+_loads = json.loads
+_write_frame = protocol.write_frame_fd
+
+
+def describe(exc: BaseException) -> dict[str, Any]:
+    """An exception as the driver rebuilds it: its type, its builtin ancestors, its message."""
+    try:
+        message = str(exc)
+    except BaseException:  # a program's exception whose __str__ raises
+        message = "<unprintable>"
+    bases = [k.__name__ for k in type(exc).__mro__ if k.__module__ == "builtins"]
+    return {"type": type(exc).__qualname__[:100], "bases": bases[:20], "message": message[:1000]}
+
+
+class Server:
+    def __init__(self, module: types.ModuleType) -> None:
+        self.module = module
+        self.handles: list[Any] = []
+
+    def ref(self, value: Any) -> int | None:
+        """Objects of classes the program defined travel as handles the driver can use remotely."""
+        if getattr(type(value), "__module__", None) != "__main__" or len(self.handles) >= MAX_HANDLES:
+            return None
+        self.handles.append(value)
+        return len(self.handles) - 1
+
+    def encode(self, value: Any) -> Any:
+        return values.encode(value, self.ref)
+
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        op = request["op"]
+        if op == "resolve":
+            return {"op": "resolved", "names": {name: self.resolve(name) for name in request["names"]}}
+        if op == "getattr":
+            target = self.handles[request["ref"]]
+            try:
+                value = getattr(target, request["name"])
+            except BaseException as exc:
+                return {"op": "raised", "exception": describe(exc)}
+            return {"op": "value", "value": self.describe_member(value)}
+        if op == "call":
+            return self.call(request)
+        raise ValueError(f"unknown op {op!r}")
+
+    def resolve(self, name: str) -> dict[str, Any]:
+        if name not in self.module.__dict__:
+            return {"kind": "missing"}
+        return self.describe_member(self.module.__dict__[name])
+
+    def describe_member(self, value: Any) -> dict[str, Any]:
+        if isinstance(value, types.ModuleType):
+            return {"kind": "module", "name": str(getattr(value, "__name__", ""))[:200]}
+        if callable(value):
+            return {"kind": "callable"}
+        return {"kind": "value", "value": self.encode(value)}
+
+    def call(self, request: dict[str, Any]) -> dict[str, Any]:
+        target = request["target"]
+        if "ref" in target:
+            function = getattr(self.handles[target["ref"]], target["name"])
+        else:
+            function = self.module.__dict__[target["name"]]
+        args = [values.decode(item, self.handles.__getitem__) for item in request["args"]]
+        kwargs = {key: values.decode(item, self.handles.__getitem__) for key, item in request["kwargs"].items()}
+        before = [_dumps(item) if type(value) in values.MUTABLE_TYPES else None
+                  for item, value in zip(request["args"], args)]
+        try:
+            result = function(*args, **kwargs)
+        except BaseException as exc:  # the program's own exception, even SystemExit: it is the answer
+            return {"op": "raised", "exception": describe(exc)}
+        reply: dict[str, Any] = {"op": "value", "value": self.encode(result)}
+        mutated = {}
+        for index, (original, value) in enumerate(zip(before, args)):
+            if original is not None:
+                now = self.encode(value)
+                if _dumps(now) != original:
+                    mutated[str(index)] = now
+        if mutated:
+            reply["mutated"] = mutated
+        return reply
+
+
+def load(source: str) -> types.ModuleType:
+    """Run the program as ``__main__``, as `python3 main.py` would (so its functions pickle by name)."""
+    module = types.ModuleType("__main__")
+    module.__dict__["__builtins__"] = builtins
+    module.__dict__["__file__"] = os.path.join(os.getcwd(), "main.py")
+    sys.modules["__main__"] = module
+    sys.argv = ["main.py"]
+    exec(compile(source, "main.py", "exec"), module.__dict__)
+    return module
+
+
+def _traceback(exc: BaseException) -> str:
+    """The program's part of a traceback (the harness's own frames are left out)."""
+    import traceback  # only on the error path: imports cost milliseconds under gVisor
+
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename != "main.py":
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))[-3000:]
+
+
+def main() -> None:
+    reader = protocol.FrameReader(BOOT_FD, MAX_REQUEST_BYTES)
+    boot = _loads(reader.read() or b"{}")
+    os.close(BOOT_FD)
+    requests = protocol.FrameReader(REQUEST_FD, MAX_REQUEST_BYTES)
+    try:
+        module = load(boot["source"])
+    except BaseException as exc:  # SyntaxError, exceptions, SystemExit at import: the program's own error
+        _write_frame(REPLY_FD, _dumps({"op": "loaded", "ok": False, "error": describe(exc),
+                                       "traceback": _traceback(exc)}).encode())
+        return
+    _write_frame(REPLY_FD, b'{"op":"loaded","ok":true}')
+    server = Server(module)
+    while True:
+        body = requests.read()
+        if body is None:
+            return
+        request = _loads(body)
+        if request["op"] == "end":
+            return
+        try:
+            reply = server.handle(request)
+            data = _dumps(reply).encode()
+        except BaseException as exc:  # the program broke the harness's own work (encoding, lookups)
+            data = _dumps({"op": "raised", "exception": describe(exc)}).encode()
+        _write_frame(REPLY_FD, data)
