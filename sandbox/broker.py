@@ -76,8 +76,8 @@ def _stream_key(submission: str) -> str:
     return f"{PREFIX}:sub:{submission}:stream"
 
 
-def _cache_key(content_key: str) -> str:
-    return f"{PREFIX}:cache:{content_key}"
+def _cache_key(cache_key: str) -> str:
+    return f"{PREFIX}:cache:{cache_key}"
 
 
 def _lease_key(rq_job_id: str) -> str:
@@ -123,12 +123,13 @@ def enqueue_batch(connection: redis.Redis, queue_name: str, submission: str, job
     return str(rq_job.id)
 
 
-def store_result(connection: redis.Redis, submission: str, result: JobResult, content_key: str,
+def store_result(connection: redis.Redis, submission: str, result: JobResult, cache_key: str,
                  ttl_s: int) -> bool:
     """Record a job's result once; returns False if it already had one. Verdicts are counted too."""
     body = result.model_dump_json()
-    cacheable = "1" if result.verdict is not Verdict.infra_error else "0"
-    stored = connection.eval(_STORE, 3, _results_key(submission), _stream_key(submission), _cache_key(content_key),
+    # Never cache what the service failed at, or what came from a sandbox that showed an anomaly.
+    cacheable = "1" if result.verdict is not Verdict.infra_error and not result.anomalies and cache_key else "0"
+    stored = connection.eval(_STORE, 3, _results_key(submission), _stream_key(submission), _cache_key(cache_key),
                              result.job_id, body, ttl_s, cacheable)
     if stored:
         minute = int(time.time() // 60)
@@ -164,12 +165,12 @@ def known_result_ids(connection: redis.Redis, submission: str, job_ids: Iterable
     return {job_id for job_id, value in zip(ids, present) if value is not None}
 
 
-def cached_results(connection: redis.Redis, content_keys: list[str]) -> dict[str, JobResult]:
-    """Finished results of identical work, by content key."""
-    if not content_keys:
+def cached_results(connection: redis.Redis, cache_keys: list[str]) -> dict[str, JobResult]:
+    """Finished results of identical work (same code, tests, limits, image and harness), by cache key."""
+    if not cache_keys:
         return {}
-    bodies = connection.mget([_cache_key(key) for key in content_keys])
-    return {key: JobResult.model_validate_json(body) for key, body in zip(content_keys, bodies) if body}
+    bodies = connection.mget([_cache_key(key) for key in cache_keys])
+    return {key: JobResult.model_validate_json(body) for key, body in zip(cache_keys, bodies) if body}
 
 
 def renew_lease(connection: redis.Redis, rq_job_id: str, owner: str, ttl_s: float) -> None:

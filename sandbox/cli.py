@@ -72,7 +72,8 @@ def doctor(fix: bool) -> None:
 
 def _check_image(settings: Settings) -> bool:
     from sandbox.container import docker_client
-    from sandbox.images import image_exists, load_definition
+    from sandbox.imagedef import load_definition
+    from sandbox.images import image_exists
 
     tag = load_definition(settings.images_dir).tag
     try:
@@ -94,7 +95,8 @@ def setup(settings: Settings) -> None:
     """
     from sandbox.container import docker_client
     from sandbox.host import run_doctor
-    from sandbox.images import build_image, load_definition
+    from sandbox.imagedef import load_definition
+    from sandbox.images import build_image
     from sandbox.policy import load_all_policies
 
     if not run_doctor(fix=True, say=click.echo):
@@ -119,7 +121,8 @@ def images_build(settings: Settings, force: bool, service: bool) -> None:
     minutes the first time: debootstrap, then pip installs this project into a venv).
     """
     from sandbox.container import docker_client
-    from sandbox.images import SERVICE, build_image, load_definition
+    from sandbox.imagedef import SERVICE, load_definition
+    from sandbox.images import build_image
 
     client = docker_client()
     build_image(client, load_definition(settings.images_dir), say=click.echo, force=force)
@@ -161,18 +164,18 @@ def run(settings: Settings, job_file: Path | None, code: Path | None, tests_file
     job = _job_from_options(job_file, code, tests_file, entry_point, policy)
     from sandbox.container import docker_client, owner_id
     from sandbox.images import require_image
+    from sandbox.plan import Planner
     from sandbox.policy import load_all_policies
     from sandbox.pool import SandboxPool
-    from sandbox.runner import Runner, prepare
+    from sandbox.runner import Runner
 
-    all_policies = load_all_policies(settings.policies_dir)
-    if job.policy not in all_policies:
-        fail(f"unknown policy {job.policy!r} (known: {', '.join(sorted(all_policies))})")
-    prepare(job, all_policies[job.policy])  # bad input fails here, before any container starts
+    planner = Planner(load_all_policies(settings.policies_dir), settings.images_dir)
+    prepared = planner.prepare(job)  # bad input fails here, before any container starts
     client = docker_client()
-    pool = SandboxPool(client, require_image(client, settings.images_dir), owner_id(), warm=False)
+    require_image(client, settings.images_dir, prepared.policy.image)
+    pool = SandboxPool(client, owner_id(), warm=False)
     try:
-        result = Runner(pool, all_policies, infra_attempts=settings.infra_attempts).run([job])[0]
+        result = next(Runner(pool, planner, infra_attempts=settings.infra_attempts).iter_prepared([prepared]))
     finally:
         pool.close()
     click.echo(result.model_dump_json(indent=2) if as_json else format_result(result))

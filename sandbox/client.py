@@ -41,10 +41,7 @@ class Client:
 
     def validate(self, job: JobSpec) -> PreparedJob:
         """Check a job before it is queued; raises ``JobValidationError`` naming the problem."""
-        try:
-            return self.planner.prepare(job)
-        except JobValidationError as exc:
-            raise JobValidationError(f"job {job.id}: {exc}") if not str(exc).startswith(f"job {job.id}") else exc
+        return self.planner.prepare(job)
 
     def submit(self, jobs: Iterable[JobSpec], queue: str = "bulk", submission_id: str | None = None,
                reuse: bool = True) -> "Submission":

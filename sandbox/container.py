@@ -47,8 +47,8 @@ SENTRY_MEMORY_MIB = 512
 SUPERVISOR = ["python3", "-I", "/opt/harness/supervisor.py"]
 SLOTS = 1  # samples one sandbox runs at once
 _STREAM_HEADER = struct.Struct(">BxxxI")
-_REPLY = TypeAdapter(BatchReply | Failure)
-_READY = TypeAdapter(Ready | Failure)
+_REPLY: TypeAdapter[BatchReply | Failure] = TypeAdapter(BatchReply | Failure)
+_READY: TypeAdapter[Ready | Failure] = TypeAdapter(Ready | Failure)
 
 
 def container_settings(policy: Policy, image: str, labels: dict[str, str]) -> dict[str, Any]:

@@ -5,8 +5,6 @@ Models are frozen and forbid unknown fields; the worker validates again what com
 
 from __future__ import annotations
 
-import hashlib
-import json
 import uuid
 from enum import Enum
 from typing import Any, ClassVar
@@ -99,11 +97,6 @@ class JobSpec(_Frozen):
     def source(self) -> str:
         """The whole program as it runs: prompt and completion joined as HumanEval joins them."""
         return self.program if self.program is not None else self.prompt + self.completion
-
-    def content_key(self) -> str:
-        """Identical work (program, tests, policy, limits) gets the same key, whatever the job id."""
-        material = self.model_dump(mode="json", exclude={"id", "metadata"})
-        return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
 class TestResult(_Frozen):

@@ -60,16 +60,22 @@ class Planner:
         return self.policies[name]
 
     def prepare(self, job: JobSpec) -> PreparedJob:
-        """Check a job against its policy and plan its tests; raises ``JobValidationError`` naming the problem."""
+        """Check a job against its policy and plan its tests; raises ``JobValidationError`` naming job and problem."""
+        try:
+            return self._prepare(job)
+        except JobValidationError as exc:
+            raise type(exc)(f"job {job.id}: {exc}") from None
+
+    def _prepare(self, job: JobSpec) -> PreparedJob:
         policy = self.policy(job.policy).tightened(job.limits)
         limit = policy.program_max_kib * 1024
         size = len(job.source.encode())
         if size > limit:
-            raise JobValidationError(f"job {job.id}: program is {size} bytes, policy {policy.name!r} accepts at most "
-                                     f"{limit} (program_max_kib)")
+            raise JobValidationError(f"program is {size} bytes, policy {policy.name!r} accepts at most {limit} "
+                                     "(program_max_kib)")
         test_size = len((job.check or "").encode()) + sum(len(t.code.encode()) for t in job.tests or ())
         if test_size > limit:
-            raise JobValidationError(f"job {job.id}: tests are {test_size} bytes, at most {limit} accepted")
+            raise JobValidationError(f"tests are {test_size} bytes, at most {limit} accepted")
         prelude = _trusted_prelude(job)
         return PreparedJob(job, policy, _plan(job.check, job.tests, job.entry_point, prelude), prelude,
                            image_tag(self.images_dir, policy.image))

@@ -46,14 +46,19 @@ class Runner:
 
     def iter_results(self, jobs: list[JobSpec]) -> Iterator[JobResult]:
         """Yield one result per job, batch by batch, as they finish."""
-        groups: dict[tuple[Any, ...], list[PreparedJob]] = {}
+        prepared = []
         for job in jobs:
             try:
-                prepared = self.planner.prepare(job)
+                prepared.append(self.planner.prepare(job))
             except JobValidationError as exc:
                 yield JobResult(job_id=job.id, verdict=Verdict.error, error=f"invalid job: {exc}", metadata=job.metadata)
-                continue
-            groups.setdefault(prepared.group_key, []).append(prepared)
+        yield from self.iter_prepared(prepared)
+
+    def iter_prepared(self, prepared: list[PreparedJob]) -> Iterator[JobResult]:
+        """Like ``iter_results``, for jobs the caller has prepared already."""
+        groups: dict[tuple[Any, ...], list[PreparedJob]] = {}
+        for item in prepared:
+            groups.setdefault(item.group_key, []).append(item)
         for group in groups.values():
             yield from self._run_group(group)
 

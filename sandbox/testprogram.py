@@ -104,12 +104,14 @@ class _Instrument(ast.NodeTransformer):
     def visit_Try(self, node: ast.Try) -> ast.AST:
         return self._scope(node, direct=False)
 
-    visit_TryStar = visit_Try
+    def visit_TryStar(self, node: ast.TryStar) -> ast.AST:
+        return self._scope(node, direct=False)
 
     def visit_With(self, node: ast.With) -> ast.AST:  # a context manager may swallow the AssertionError
         return self._scope(node, direct=False)
 
-    visit_AsyncWith = visit_With
+    def visit_AsyncWith(self, node: ast.AsyncWith) -> ast.AST:
+        return self._scope(node, direct=False)
 
     def _scope(self, node: ast.AST, direct: bool) -> ast.AST:
         outer, self._direct = self._direct, direct

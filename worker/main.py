@@ -30,6 +30,7 @@ from sandbox import broker
 from sandbox.container import docker_client, owner_id
 from sandbox.images import require_image
 from sandbox.models import JobSpec, Verdict
+from sandbox.plan import Planner
 from sandbox.policy import LimitOverrides, load_all_policies
 from sandbox.pool import SandboxPool
 from sandbox.reaper import reap_orphans
@@ -187,8 +188,8 @@ def serve(settings: Settings, queues: list[str], burst: bool, canary_policy: str
     connection = broker.connect(settings.redis_url)
     connection.ping()
     reap_orphans(client, lambda owner: broker.worker_alive(connection, owner))
-    pool = SandboxPool(client, image, owner, max_runs=settings.sandbox_max_runs)
-    runner = Runner(pool, policies, infra_attempts=settings.infra_attempts)
+    pool = SandboxPool(client, owner, max_runs=settings.sandbox_max_runs)
+    runner = Runner(pool, Planner(policies, settings.images_dir), infra_attempts=settings.infra_attempts)
     context = WorkerContext(runner=runner, connection=connection, settings=settings, owner=owner)
     stop = threading.Event()
     health = Health(settings.heartbeat_s)

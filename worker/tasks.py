@@ -19,7 +19,9 @@ from pydantic import ValidationError
 from rq import get_current_job
 
 from sandbox import broker
+from sandbox.errors import JobValidationError, validation_reasons
 from sandbox.models import JobResult, JobSpec, Verdict
+from sandbox.plan import Planner, PreparedJob
 from sandbox.runner import Runner
 from sandbox.settings import Settings
 
@@ -56,32 +58,32 @@ def run_batch(payload: dict[str, Any]) -> dict[str, Any]:
     rq_job = get_current_job()
     batch_id = rq_job.id if rq_job is not None else "local"
     submission, ttl = payload["submission"], int(payload["result_ttl_s"])
-    jobs, invalid = _validate(payload["jobs"])
+    jobs, invalid = _validate(payload["jobs"], context.runner.planner)
     stored = Counter[str]()
 
-    def store(result: JobResult, content_key: str) -> None:
-        if _with_redis_retry(lambda: broker.store_result(context.connection, submission, result, content_key, ttl)):
+    def store(result: JobResult, cache_key: str) -> None:
+        if _with_redis_retry(lambda: broker.store_result(context.connection, submission, result, cache_key, ttl)):
             stored[result.verdict.value] += 1
             context.counts[result.verdict.value] += 1
 
     for result in invalid:
         store(result, "")
-    done = _with_redis_retry(lambda: broker.known_result_ids(context.connection, submission, [j.id for j in jobs]))
-    jobs = [job for job in jobs if job.id not in done]
-    keys = {job.id: job.content_key() for job in jobs}
+    done = _with_redis_retry(lambda: broker.known_result_ids(context.connection, submission, [p.job.id for p in jobs]))
+    jobs = [prepared for prepared in jobs if prepared.job.id not in done]
+    keys = {prepared.job.id: prepared.cache_key for prepared in jobs}
     stop = _keep_lease(context, batch_id)
     context.current_batch, context.batch_started = batch_id, time.time()
     finished: set[str] = set()
     try:
-        for result in context.runner.iter_results(jobs):
+        for result in context.runner.iter_prepared(jobs):
             store(result, keys[result.job_id])
             finished.add(result.job_id)
     except Exception as exc:  # a bug or a lost engine must not lose the rest of the batch
         log.exception("batch %s failed", batch_id)
-        for job in jobs:
-            if job.id not in finished:
-                store(JobResult(job_id=job.id, verdict=Verdict.infra_error, error=f"worker failure: {exc}",
-                                metadata=job.metadata), keys[job.id])
+        for prepared in jobs:
+            if prepared.job.id not in finished:
+                store(JobResult(job_id=prepared.job.id, verdict=Verdict.infra_error, error=f"worker failure: {exc}",
+                                metadata=prepared.job.metadata), keys[prepared.job.id])
         context.counts["batches_failed"] += 1
     finally:
         stop()
@@ -91,13 +93,16 @@ def run_batch(payload: dict[str, Any]) -> dict[str, Any]:
     return {"samples": len(payload["jobs"]), "stored": dict(stored)}
 
 
-def _validate(raw_jobs: list[Any]) -> tuple[list[JobSpec], list[JobResult]]:
+def _validate(raw_jobs: list[Any], planner: Planner) -> tuple[list[PreparedJob], list[JobResult]]:
+    """The payload is JSON out of Redis: validate and prepare each job once, here."""
     jobs, invalid = [], []
     for raw in raw_jobs:
+        job_id = str(raw.get("id", "unknown")) if isinstance(raw, dict) else "unknown"
         try:
-            jobs.append(JobSpec.model_validate(raw))
+            jobs.append(planner.prepare(JobSpec.model_validate(raw)))
         except ValidationError as exc:
-            job_id = str(raw.get("id", "unknown")) if isinstance(raw, dict) else "unknown"
+            invalid.append(JobResult(job_id=job_id, verdict=Verdict.error, error=f"invalid job: {validation_reasons(exc)}"))
+        except JobValidationError as exc:
             invalid.append(JobResult(job_id=job_id, verdict=Verdict.error, error=f"invalid job: {exc}"))
     return jobs, invalid
 

@@ -335,11 +335,8 @@ class Recorder:
         if isinstance(exc, FirstFailure):
             raise exc
         stat = self._stat(index)
-        if isinstance(exc, UnsupportedUse):
+        if isinstance(exc, UnsupportedUse):  # the value is refused; the other tests can still be judged
             self.unsupported = self.unsupported or clean(str(exc))
-            stat.errors += 1
-            stat.message = stat.message or clean(str(exc))
-            raise exc
         if propagate:
             self.tentative.append((exc, index, describe(exc)))
             raise exc

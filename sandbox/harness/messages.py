@@ -239,7 +239,7 @@ def from_dict(cls: type, data: Any) -> Any:
 
 def _convert(kind: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(kind)
-    if dataclasses.is_dataclass(kind):
+    if isinstance(kind, type) and dataclasses.is_dataclass(kind):
         return from_dict(kind, value)
     if origin is Literal:
         if value not in typing.get_args(kind):

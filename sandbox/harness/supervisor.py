@@ -356,7 +356,7 @@ class Supervisor:
                         self.start(slot, pending.popleft())
                 for run in self.step():
                     reports.append(self.finish(run))
-        except Tainted as exc:
+        except Tainted as exc:  # the zygote or a driver could not be used: stop here
             self.taint = self.taint or str(exc)
         finally:
             for slot in list(self.drivers):
@@ -576,10 +576,18 @@ class Supervisor:
 
     # -- after a sample ------------------------------------------------------------------------------
     def finish(self, run: Run) -> SampleReport:
+        """Report one sample after ending its processes and wiping what it wrote.
+
+        The report stands even if cleanup is incomplete (its judging was done in other trust domains);
+        an incomplete cleanup taints the sandbox, so nothing trusted runs here again."""
         leftovers = []
-        killed = kill_uid(run.uid, self.zygote.pid)
-        if killed:
-            leftovers.append(f"{killed} process(es) of the sample still running after its tests: killed")
+        try:
+            killed = kill_uid(run.uid, self.zygote.pid)
+            if killed:
+                leftovers.append(f"{killed} process(es) of the sample still running after its tests: killed")
+        except Tainted as exc:
+            self.taint = self.taint or str(exc)
+            leftovers.append(str(exc))
         deadline = time.monotonic() + 1.0
         while (run.streams or run.exited is None) and time.monotonic() < deadline:  # every writer is dead
             watched = [*run.streams, self.zygote.socket.fileno()]
@@ -593,22 +601,25 @@ class Supervisor:
             os.close(fd)
         if run.boot is not None and run.boot.fd is not None:
             os.close(run.boot.fd)
-        leftovers += self.clean_up(run)
+        try:
+            leftovers += self.clean_up(run)
+        except (Tainted, OSError) as exc:
+            self.taint = self.taint or str(exc)
+            leftovers.append(str(exc))
         judged = run.judged or Judged(sample_id=run.sample.id, load="no_report")
         if run.judge_fault:
             judged = Judged(sample_id=run.sample.id, load=judged.load)
         exit_status = os.waitstatus_to_exitcode(run.exited.status) if run.exited else None
-        limit = run.time_limit
         return SampleReport(id=run.sample.id, judged=judged, judge_fault=clean(run.judge_fault, 1000),
-                            time_limit=limit, exit_status=exit_status, cpu_s=round(run.cpu_s(), 4),  # type: ignore[arg-type]
+                            time_limit=run.time_limit, exit_status=exit_status, cpu_s=round(run.cpu_s(), 4),  # type: ignore[arg-type]
                             wall_s=round((run.stopped_at or run.judged_at or time.monotonic()) - run.started, 4),
                             max_rss_kib=run.exited.max_rss_kib if run.exited else 0,
                             stdout=clean(run.out.text(), run.out.cap), stderr=clean(run.err.text(), run.err.cap),
                             stdout_truncated=run.out.truncated, stderr_truncated=run.err.truncated,
-                            leftovers=tuple(leftovers))
+                            leftovers=tuple(clean(item, 300) for item in leftovers))
 
     def clean_up(self, run: Run) -> list[str]:
-        """Wipe what the sample wrote; anything that cannot be wiped taints the sandbox."""
+        """Wipe what the sample wrote; what cannot be wiped taints the sandbox (``Tainted``)."""
         found = []
         deadline = time.monotonic() + WIPE_DEADLINE_S
         wipe(run.scratch, deadline)
@@ -629,7 +640,7 @@ class Supervisor:
                     os.unlink(entry.path)
         ipc = sysv_ipc_objects()
         if ipc:
-            raise Tainted(f"a sample left {', '.join(ipc)}")
+            raise Tainted(f"a sample left {', '.join(ipc)}: this sandbox is discarded")
         strays_p = [pid for pid, (uid, state, _) in process_table().items()
                     if uid != 0 and uid not in active_uids and state not in "ZX"]
         if strays_p:

@@ -6,8 +6,10 @@ import docker
 import pytest
 
 from sandbox.container import SERVICE_LABEL, docker_client
-from sandbox.images import build_image, load_definition
+from sandbox.imagedef import load_definition
+from sandbox.images import build_image
 from sandbox.models import JobSpec
+from sandbox.plan import Planner
 from sandbox.policy import Policy
 from sandbox.pool import SandboxPool
 from sandbox.runner import Runner
@@ -28,8 +30,8 @@ def image(client: docker.DockerClient) -> str:
 
 @pytest.fixture(scope="module")
 def runner(client: docker.DockerClient, image: str, policies: dict[str, Policy]) -> Iterator[Runner]:
-    pool = SandboxPool(client, image, TEST_OWNER, warm=True)
-    yield Runner(pool, policies, backoff_s=0.1)
+    pool = SandboxPool(client, TEST_OWNER, warm=True)
+    yield Runner(pool, Planner(policies, REPO_ROOT / "images"), backoff_s=0.1)
     pool.close()
     leftovers = client.containers.list(all=True, filters={"label": [SERVICE_LABEL, f"io.sandbox-exec.owner={TEST_OWNER}"]})
     for container in leftovers:

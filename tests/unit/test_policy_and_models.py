@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -8,7 +9,9 @@ from pydantic import ValidationError
 
 from sandbox.errors import PolicyError, PolicyViolation
 from sandbox.models import JobSpec
+from sandbox.plan import Planner
 from sandbox.policy import LimitOverrides, Policy, load_all_policies, load_policy
+from sandbox.settings import REPO_ROOT
 
 
 def test_shipped_policies_load_and_use_gvisor(policies: dict[str, Policy]) -> None:
@@ -94,11 +97,21 @@ def test_malformed_jobs_name_the_problem(fields: dict[str, object], message: str
         JobSpec.model_validate({"entry_point": "f", **fields})
 
 
-def test_content_key_ignores_id_and_metadata_but_not_code() -> None:
-    a = JobSpec(id="a", program="x = 1", check="c", entry_point="f", metadata={"k": 1})
-    b = JobSpec(id="b", program="x = 1", check="c", entry_point="f")
-    c = JobSpec(id="c", program="x = 2", check="c", entry_point="f")
-    assert a.content_key() == b.content_key() != c.content_key()
+def test_cache_key_covers_code_tests_policy_settings_and_image(policies: dict[str, Policy], tmp_path: Path) -> None:
+    check = "def check(candidate):\n    assert candidate() == 1\n"
+    planner = Planner(policies, REPO_ROOT / "images")
+    a = planner.prepare(JobSpec(id="a", program="def f(): return 1", check=check, entry_point="f", metadata={"k": 1}))
+    b = planner.prepare(JobSpec(id="b", program="def f(): return 1", check=check, entry_point="f"))
+    c = planner.prepare(JobSpec(id="c", program="def f(): return 2", check=check, entry_point="f"))
+    assert a.cache_key == b.cache_key != c.cache_key
+    tighter = planner.prepare(JobSpec(id="d", program="def f(): return 1", check=check, entry_point="f",
+                                      limits={"cpu_time_s": 1}))
+    assert tighter.cache_key != a.cache_key
+    # The same policy name with different settings (an operator edited the file) is different work.
+    edited = {**policies, "default": policies["default"].model_copy(update={"memory_mib": 256})}
+    assert Planner(edited, REPO_ROOT / "images").prepare(b.job).cache_key != b.cache_key
+    # A different image or harness (its tag is a digest of both) is different work too.
+    assert dataclasses.replace(b, image=b.image + "x").cache_key != b.cache_key
 
 
 def test_prompt_and_completion_join_like_humaneval() -> None:

