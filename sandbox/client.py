@@ -50,7 +50,12 @@ class Client:
         ``reuse=False`` runs every job even if identical work has a cached result (for reruns).
         """
         broker.queue(self.connection, queue)  # unknown queue names fail here
-        prepared = [self.validate(job) for job in jobs]
+        prepared = []
+        for job in jobs:
+            try:
+                prepared.append(self.validate(job))
+            except JobValidationError as exc:
+                raise type(exc)(f"job {job.id}: {exc}") from None
         ids = [p.job.id for p in prepared]
         if len(set(ids)) != len(ids):
             raise JobValidationError("job ids must be unique within a submission")

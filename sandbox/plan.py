@@ -60,13 +60,7 @@ class Planner:
         return self.policies[name]
 
     def prepare(self, job: JobSpec) -> PreparedJob:
-        """Check a job against its policy and plan its tests; raises ``JobValidationError`` naming job and problem."""
-        try:
-            return self._prepare(job)
-        except JobValidationError as exc:
-            raise type(exc)(f"job {job.id}: {exc}") from None
-
-    def _prepare(self, job: JobSpec) -> PreparedJob:
+        """Check a job against its policy and plan its tests; raises ``JobValidationError`` naming the problem."""
         policy = self.policy(job.policy).tightened(job.limits)
         limit = policy.program_max_kib * 1024
         size = len(job.source.encode())

@@ -117,7 +117,7 @@ def test_cli_submit_reports_bad_lines_and_resumes(settings: Settings, redis_serv
     assert "jobs.jsonl:2: not valid JSON" in refused.stderr
     assert "jobs.jsonl:3: language: Value error, unsupported language 'cobol'" in refused.stderr
     assert "jobs.jsonl:5: limit memory_mib=99999 exceeds policy 'humaneval', which allows at most 512" in refused.stderr
-    assert "jobs.jsonl:6: job huge: program is 240000 bytes, policy 'humaneval' accepts at most 131072" in refused.stderr
+    assert "jobs.jsonl:6: program is 240000 bytes, policy 'humaneval' accepts at most 131072" in refused.stderr
     assert "4 invalid line(s); nothing submitted" in refused.stderr
     partial = submit("--skip-invalid")
     assert partial.returncode == 2, partial.stderr
@@ -150,9 +150,10 @@ def f(x):
     probe = """
 import builtins, os, json
 def f(x):
+    others_hidden = not os.access(os.path.dirname(os.getcwd()), os.R_OK)  # other samples' scratch: not listable
     clean = (not os.listdir('.') and 'LEAK' not in os.environ and not hasattr(builtins, 'LEAKED')
-             and json.dumps([1]) == '[1]' and os.listdir('/tmp') == [os.path.basename(os.getcwd())])
-    return x * x if clean else (os.listdir('.'), os.listdir('/tmp'))
+             and json.dumps([1]) == '[1]' and others_hidden)
+    return x * x if clean else (os.listdir('.'), others_hidden)
 """
     results = Client(settings).run(jobs_of([polluter, probe]))
     assert [r.verdict for r in results] == [Verdict.passed, Verdict.passed], results

