@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -27,9 +28,10 @@ from rq.utils import utcparse
 
 from sandbox.models import JobResult, JobSpec, Verdict
 
-__all__ = ["QUEUES", "connect", "queue", "enqueue_batch", "store_result", "pop_results", "known_result_ids",
-           "cached_results", "renew_lease", "release_lease", "requeue_abandoned", "worker_key", "worker_alive", "WORKERS_SET",
-           "LAST_SEEN", "verdict_key", "enqueued_key", "TOTALS", "DURATIONS", "DURATION_BUCKETS", "WORKER_LAST", "TASK"]
+__all__ = ["QUEUES", "connect", "redact", "redis_problem", "queue", "enqueue_batch", "store_result", "pop_results",
+           "known_result_ids", "cached_results", "renew_lease", "release_lease", "requeue_abandoned", "worker_key",
+           "worker_alive", "WORKERS_SET", "LAST_SEEN", "verdict_key", "enqueued_key", "TOTALS", "DURATIONS", "DURATION_BUCKETS",
+           "WORKER_LAST", "TASK", "ALERTS", "report_alert", "alerts", "forget_worker"]
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +43,48 @@ LAST_SEEN = f"{PREFIX}:workers:last-seen"
 QUEUE_TIMEOUT_MARGIN_S = 60
 
 _STORE = """
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
-  redis.call('RPUSH', KEYS[2], ARGV[2])
-  redis.call('EXPIRE', KEYS[1], ARGV[3])
-  redis.call('EXPIRE', KEYS[2], ARGV[3])
-  if ARGV[4] == '1' then redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[3]) end
-  return 1
+-- The result, its place in the stream, its cache entry and every counter of it: one atomic step,
+-- so totals always equal stored results (a retried write after a lost reply changes nothing).
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then
+  return 0
 end
-return 0
+redis.call('RPUSH', KEYS[2], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+if ARGV[4] == '1' then redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[3]) end
+redis.call('HINCRBY', KEYS[4], ARGV[5], 1)
+redis.call('EXPIRE', KEYS[4], 10800)
+redis.call('HINCRBY', KEYS[5], ARGV[5], 1)
+if ARGV[6] ~= '' then
+  redis.call('HINCRBY', KEYS[6], ARGV[6], 1)
+  redis.call('HINCRBYFLOAT', KEYS[6], 'sum', ARGV[7])
+end
+return 1
 """
+
+
+def redact(url: str) -> str:
+    """A Redis URL fit for messages: the password replaced by ***."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at:
+        return url
+    user, colon, _ = credentials.partition(":")
+    return f"{scheme}{sep}{user}{':***' if colon else ''}@{host}"
+
+
+def redis_problem(url: str, exc: BaseException) -> str:
+    """One line saying what is wrong with the Redis at ``url`` and how to fix it."""
+    where = redact(url)
+    if isinstance(exc, redis.AuthenticationError):
+        return (f"Redis at {where} refused the credentials ({exc}): put the right user and password in "
+                "SANDBOX_REDIS_URL (redis://USER:PASSWORD@HOST:PORT/0)")
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        return f"the Redis user in {where} lacks a permission this command needs ({exc}): check its ACL"
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+        return (f"cannot reach Redis at {where} ({exc}): start it (`sandbox setup` runs one on 127.0.0.1:6379) "
+                "or point SANDBOX_REDIS_URL at yours")
+    return f"Redis at {where} failed: {exc}"
 
 
 def connect(url: str) -> redis.Redis:
@@ -107,6 +142,38 @@ DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 WORKER_LAST = f"{PREFIX}:worker-last:"       # last state of each worker, kept after it goes silent
 
 
+ALERTS = f"{PREFIX}:alerts"                   # operator alerts (crash-looping workers...): id -> message
+ALERT_TTL_S = 3600
+
+
+def report_alert(connection: redis.Redis, alert_id: str, message: str) -> None:
+    """Raise an alert ``sandbox status`` shows for an hour (ids are unique per reporter and kind)."""
+    with connection.pipeline() as pipe:
+        pipe.hset(ALERTS, alert_id, json.dumps({"message": message, "time": time.time()}))
+        pipe.expire(ALERTS, ALERT_TTL_S)
+        pipe.execute()
+
+
+def alerts(connection: redis.Redis) -> list[str]:
+    now = time.time()
+    found = []
+    for raw in connection.hvals(ALERTS):
+        alert = json.loads(raw)
+        if now - float(alert["time"]) < ALERT_TTL_S:
+            found.append(str(alert["message"]))
+    return found
+
+
+def forget_worker(connection: redis.Redis, owner: str) -> None:
+    """Remove a worker that ended on purpose (or was replaced) from what ``sandbox status`` watches."""
+    with connection.pipeline() as pipe:
+        pipe.delete(worker_key(owner))
+        pipe.srem(WORKERS_SET, owner)
+        pipe.hdel(LAST_SEEN, owner)
+        pipe.delete(WORKER_LAST + owner)
+        pipe.execute()
+
+
 def enqueue_batch(connection: redis.Redis, queue_name: str, submission: str, jobs: list[JobSpec],
                   timeout_s: float, result_ttl_s: int) -> str:
     payload = {"submission": submission, "result_ttl_s": result_ttl_s,
@@ -125,23 +192,17 @@ def enqueue_batch(connection: redis.Redis, queue_name: str, submission: str, job
 
 def store_result(connection: redis.Redis, submission: str, result: JobResult, cache_key: str,
                  ttl_s: int) -> bool:
-    """Record a job's result once; returns False if it already had one. Verdicts are counted too."""
+    """Record a job's result once, with its counters; returns False if it already had one."""
     body = result.model_dump_json()
     # Never cache what the service failed at, or what came from a sandbox that showed an anomaly.
     cacheable = "1" if result.verdict is not Verdict.infra_error and not result.anomalies and cache_key else "0"
-    stored = connection.eval(_STORE, 3, _results_key(submission), _stream_key(submission), _cache_key(cache_key),
-                             result.job_id, body, ttl_s, cacheable)
-    if stored:
-        minute = int(time.time() // 60)
-        with connection.pipeline() as pipe:
-            pipe.hincrby(verdict_key(minute), result.verdict.value, 1)
-            pipe.expire(verdict_key(minute), 3 * 3600)
-            pipe.hincrby(TOTALS, result.verdict.value, 1)
-            if result.wall_time_s is not None:
-                bucket = next((str(b) for b in DURATION_BUCKETS if result.wall_time_s <= b), "+Inf")
-                pipe.hincrby(DURATIONS, bucket, 1)
-                pipe.hincrbyfloat(DURATIONS, "sum", result.wall_time_s)
-            pipe.execute()
+    bucket = ""
+    if result.wall_time_s is not None:
+        bucket = next((str(b) for b in DURATION_BUCKETS if result.wall_time_s <= b), "+Inf")
+    minute = int(time.time() // 60)
+    stored = connection.eval(_STORE, 6, _results_key(submission), _stream_key(submission), _cache_key(cache_key),
+                             verdict_key(minute), TOTALS, DURATIONS, result.job_id, body, ttl_s, cacheable,
+                             result.verdict.value, bucket, repr(result.wall_time_s or 0.0))
     return bool(stored)
 
 

@@ -28,12 +28,19 @@ class SandboxGroup(click.Group):
     """Turns the package's own errors into one clear line instead of a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        import redis
+
         try:
             return super().invoke(ctx)
         except SandboxError as exc:
             fail(str(exc))
         except ValidationError as exc:
             fail(validation_reasons(exc))
+        except redis.RedisError as exc:
+            from sandbox.broker import redis_problem
+
+            settings = ctx.obj if isinstance(ctx.obj, Settings) else Settings()
+            fail(redis_problem(settings.redis_url, exc))
 
 
 @click.group(cls=SandboxGroup, context_settings=CONTEXT)
@@ -162,7 +169,7 @@ def run(settings: Settings, job_file: Path | None, code: Path | None, tests_file
     Exit status: 0 if the job passed, 1 if not, 2 on bad input or infrastructure failure.
     """
     job = _job_from_options(job_file, code, tests_file, entry_point, policy)
-    from sandbox.container import docker_client, owner_id
+    from sandbox.container import docker_client, owner_id, require_runtimes
     from sandbox.images import require_image
     from sandbox.plan import Planner
     from sandbox.policy import load_all_policies
@@ -172,6 +179,7 @@ def run(settings: Settings, job_file: Path | None, code: Path | None, tests_file
     planner = Planner(load_all_policies(settings.policies_dir), settings.images_dir)
     prepared = planner.prepare(job)  # bad input fails here, before any container starts
     client = docker_client()
+    require_runtimes(client, {prepared.policy.runtime})
     require_image(client, settings.images_dir, prepared.policy.image)
     pool = SandboxPool(client, owner_id(), warm=False)
     try:

@@ -36,6 +36,10 @@ class Client:
     def __init__(self, settings: Settings | None = None, connection: redis.Redis | None = None) -> None:
         self.settings = settings or Settings()
         self.connection = connection or broker.connect(self.settings.redis_url)
+        try:
+            self.connection.ping()  # fail here, with the fix, rather than halfway through a submission
+        except redis.RedisError as exc:
+            raise InfrastructureError(broker.redis_problem(self.settings.redis_url, exc)) from exc
         self.policies: dict[str, Policy] = load_all_policies(self.settings.policies_dir)
         self.planner = Planner(self.policies, self.settings.images_dir)
 

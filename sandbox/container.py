@@ -28,8 +28,8 @@ from sandbox.harness import protocol
 from sandbox.harness.messages import BatchReply, BatchRequest, Failure, Ready, to_dict
 from sandbox.policy import Policy
 
-__all__ = ["container_settings", "Sandbox", "docker_client", "owner_id", "SERVICE_LABEL", "OWNER_LABEL", "SANDBOX_USER",
-           "SENTRY_MEMORY_MIB"]
+__all__ = ["container_settings", "Sandbox", "docker_client", "require_runtimes", "owner_id", "SERVICE_LABEL",
+           "OWNER_LABEL", "SANDBOX_USER", "SENTRY_MEMORY_MIB"]
 
 log = logging.getLogger(__name__)
 
@@ -264,6 +264,18 @@ def docker_client() -> docker.DockerClient:
         return client
     except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
         raise InfrastructureError(f"the Docker engine is not reachable ({exc}); run `sandbox doctor --fix`") from exc
+
+
+def require_runtimes(client: docker.DockerClient, runtimes: set[str]) -> None:
+    """Fail with one clear line if the engine does not know a runtime the policies use (gVisor's ``runsc``)."""
+    try:
+        known = set((client.info().get("Runtimes") or {}).keys()) | {"runc"}
+    except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+        raise InfrastructureError(f"the Docker engine did not answer `info` ({exc}); run `sandbox doctor --fix`") from exc
+    missing = sorted(runtimes - known)
+    if missing:
+        raise RuntimeUnavailable(f"the Docker engine has no runtime {', '.join(missing)} (gVisor is not registered): "
+                                 "run `sandbox doctor --fix`")
 
 
 def owner_id() -> str:

@@ -15,7 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from sandbox import broker
-from sandbox.monitor import VERDICTS
+from sandbox.monitor import VERDICTS, WARNING_KINDS
 
 __all__ = ["PoolCollector", "serve_metrics"]
 
@@ -38,9 +38,7 @@ class PoolCollector(Collector):
         rate.add_metric([], state["completed_per_min"])
         yield rate
         warnings = GaugeMetricFamily("sandbox_warnings", "Active warnings, by kind", labels=["kind"])
-        kinds = ("worker_silent", "batch_stuck", "batch_overdue", "orphan_containers", "low_disk", "no_workers",
-                 "infra_errors")
-        for kind in kinds:
+        for kind in WARNING_KINDS:
             warnings.add_metric([kind], sum(w["kind"] == kind for w in state["warnings"]))
         yield warnings
         orphans = GaugeMetricFamily("sandbox_orphan_containers", "Sandbox containers without a live owner")
@@ -82,6 +80,8 @@ class PoolCollector(Collector):
                                                 labels=["worker"]),
             "last_heartbeat": GaugeMetricFamily("sandbox_worker_last_heartbeat_timestamp_seconds",
                                                 "Time of the worker's last heartbeat", labels=["worker"]),
+            "restarts": GaugeMetricFamily("sandbox_worker_restarts", "Times the worker's pool slot was restarted "
+                                          "after the process died", labels=["worker"]),
         }
         for worker in state["workers"]:
             for field, family in families.items():

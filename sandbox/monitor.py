@@ -21,12 +21,14 @@ from rq.serializers import JSONSerializer
 from sandbox import broker
 from sandbox.reaper import orphans
 
-__all__ = ["snapshot", "render"]
+__all__ = ["snapshot", "render", "VERDICTS", "WARNING_KINDS"]
 
 RATE_WINDOW_MIN = 5
 VERDICT_WINDOW_MIN = 15
 LOW_DISK_FRACTION = 0.10
 VERDICTS = ("passed", "failed", "timeout", "error", "infra_error")
+WARNING_KINDS = ("worker_silent", "worker_crash_loop", "batch_stuck", "batch_overdue", "orphan_containers", "low_disk",
+                 "no_workers", "infra_errors")
 
 
 def snapshot(connection: redis.Redis, docker_client: docker.DockerClient | None, heartbeat_s: float,
@@ -45,7 +47,7 @@ def snapshot(connection: redis.Redis, docker_client: docker.DockerClient | None,
         "verdicts_last_15_min": {v: recent.get(v, 0) for v in VERDICTS},
         "completed_per_min": sum(last_minutes.values()) / RATE_WINDOW_MIN,
         "totals": {v: int(c) for v, c in _hash(connection, broker.TOTALS).items()},
-        "orphan_containers": orphans, "disks": disks,
+        "orphan_containers": orphans, "disks": disks, "alerts": broker.alerts(connection),
     }
     state["warnings"] = _warnings(state, heartbeat_s)
     return state
@@ -137,8 +139,11 @@ def _warnings(state: dict[str, Any], heartbeat_s: float) -> list[dict[str, str]]
     warnings: list[dict[str, str]] = []
 
     def warn(kind: str, message: str) -> None:
+        assert kind in WARNING_KINDS
         warnings.append({"kind": kind, "message": message})
 
+    for message in state["alerts"]:
+        warn("worker_crash_loop", message)
     for worker in state["workers"]:
         if not worker["alive"]:
             doing = f", was busy on {worker.get('current_batch')}" if worker.get("current_batch") else ""
@@ -186,13 +191,14 @@ def render(state: dict[str, Any], style: Callable[..., str] = lambda text, **_: 
     for queue in state["queues"]:
         lines.append(f"{queue['name']:<12}{queue['waiting_batches']:>9}{queue['running']:>9}"
                      f"{_age(queue['oldest_age_s']):>8}{queue['enqueued_per_min']:>9.0f}")
-    lines += ["", style(f"{'WORKER':<22}{'state':<8}{'batch':<16}{'samples':>8}{'infra':>6}{'up':>6}{'beat':>6}"
+    lines += ["", style(f"{'WORKER':<22}{'state':<8}{'batch':<16}{'samples':>8}{'infra':>6}{'restarts':>9}{'up':>6}{'beat':>6}"
                         f"{'cpu%':>6}{'MiB':>6}{'sbx cpu%':>9}{'sbx MiB':>8}{'warm/live':>10}", bold=True)]
     for worker in state["workers"]:
         counts = sum(int(worker.get(f"count_{v}", 0)) for v in VERDICTS)
         status = worker.get("state", "?") if worker["alive"] else "SILENT"
         row = (f"{str(worker['id'])[-22:]:<22}{status:<8}{str(worker.get('current_batch', ''))[:15]:<16}{counts:>8}"
-               f"{int(worker.get('count_infra_error', 0)):>6}{_age(state['time'] - float(worker.get('started_at', 0))):>6}"
+               f"{int(worker.get('count_infra_error', 0)):>6}{int(worker.get('restarts', 0)):>9}"
+               f"{_age(state['time'] - float(worker.get('started_at', 0))):>6}"
                f"{_age(worker['silent_s']):>6}{float(worker.get('cpu_percent', 0)):>6.0f}{int(worker.get('rss_mib', 0)):>6}"
                f"{float(worker.get('sandbox_cpu_percent', 0)):>9.0f}{int(worker.get('sandbox_rss_mib', 0)):>8}"
                f"{str(worker.get('sandboxes_idle', 0)) + '/' + str(worker.get('sandboxes_live', 0)):>10}")

@@ -41,13 +41,21 @@ def orphans(client: docker.DockerClient, heartbeat_alive: Callable[[str], bool])
 
 
 def reap_orphans(client: docker.DockerClient, heartbeat_alive: Callable[[str], bool]) -> list[str]:
-    """Force-remove labelled containers whose owner is dead; returns their ids."""
+    """Force-remove labelled containers whose owner is dead; returns their ids.
+
+    Several workers (on one host or many) may reap at once: a container another one is already
+    removing (409 Conflict) or has removed (404) is simply skipped, and any other engine error on
+    one container is logged and left for the next sweep, never raised."""
     removed = []
     for container, owner in orphans(client, heartbeat_alive):
         try:
             container.remove(force=True)
-            removed.append(container.id)
-            log.warning("removed sandbox %s left by %s", container.short_id, owner or "an unknown owner")
         except docker.errors.NotFound:
-            pass
+            continue
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:
+                log.warning("could not remove orphaned sandbox %s (will retry): %s", container.short_id, exc)
+            continue
+        removed.append(container.id)
+        log.warning("removed sandbox %s left by %s", container.short_id, owner or "an unknown owner")
     return removed

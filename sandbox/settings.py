@@ -27,3 +27,5 @@ class Settings(BaseSettings):
     queue_max_items: int = Field(default=2000, ge=1, description="queue items before submitters must wait")
     batch_size: int = Field(default=8, ge=1, le=1000, description="samples of one problem per queue item")
     heartbeat_s: float = Field(default=5.0, gt=0, description="how often workers report")
+    restart_backoff_s: float = Field(default=1.0, gt=0, description="first delay before a pool restarts a dead worker "
+                                     "(doubling, at most 30 times this)")

@@ -18,16 +18,19 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable
 
 import click
+import docker.errors
 import psutil
 import redis
+import requests.exceptions
 from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
 from sandbox import broker
-from sandbox.container import docker_client, owner_id
+from sandbox.container import docker_client, owner_id, require_runtimes
+from sandbox.errors import SandboxError
 from sandbox.images import require_image
 from sandbox.models import JobSpec, Verdict
 from sandbox.plan import Planner
@@ -79,7 +82,8 @@ def publish_state(context: WorkerContext, pool: SandboxPool, queues: list[str], 
         "sandbox_cpu_percent": sum(_cpu(p) for p in children),
         "sandbox_rss_mib": sum(_rss(p) for p in children) >> 20,
         "sandboxes_idle": pool.idle_count(), "sandboxes_live": len(pool.container_ids()),
-        "sandboxes_started": pool.started, **{f"count_{k}": v for k, v in context.counts.items()},
+        "sandboxes_started": pool.started, "restarts": int(os.environ.get("SANDBOX_WORKER_RESTARTS", "0")),
+        **{f"count_{k}": v for k, v in context.counts.items()},
     }
     ttl = int(context.settings.heartbeat_s * 3) + 1
     with context.connection.pipeline() as pipe:
@@ -184,10 +188,14 @@ def serve(settings: Settings, queues: list[str], burst: bool, canary_policy: str
     owner = owner_id()
     policies = load_all_policies(settings.policies_dir)
     client = docker_client()
+    require_runtimes(client, {policy.runtime for policy in policies.values()})
     image = require_image(client, settings.images_dir)
     connection = broker.connect(settings.redis_url)
     connection.ping()
-    reap_orphans(client, lambda owner: broker.worker_alive(connection, owner))
+    try:
+        reap_orphans(client, lambda owner: broker.worker_alive(connection, owner))
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:  # housekeeping retries it
+        log.warning("could not sweep orphaned sandboxes at start-up: %s", exc)
     pool = SandboxPool(client, owner, max_runs=settings.sandbox_max_runs)
     runner = Runner(pool, Planner(policies, settings.images_dir), infra_attempts=settings.infra_attempts)
     context = WorkerContext(runner=runner, connection=connection, settings=settings, owner=owner)
@@ -208,10 +216,7 @@ def serve(settings: Settings, queues: list[str], burst: bool, canary_policy: str
         stop.set()
         pool.close()
         try:
-            connection.delete(broker.worker_key(owner))
-            connection.srem(broker.WORKERS_SET, owner)
-            connection.hdel(broker.LAST_SEEN, owner)
-            connection.delete(broker.WORKER_LAST + owner)
+            broker.forget_worker(connection, owner)
         except redis.RedisError:
             pass
 
@@ -242,25 +247,94 @@ def _wait_for_redis(connection: redis.Redis) -> None:
             delay = min(delay * 2, 5)
 
 
-def run_pool(concurrency: int, argv: list[str], health_port: int) -> int:
-    """Start ``concurrency`` single-process workers and pass SIGTERM/SIGINT on to them."""
-    children = [subprocess.Popen([sys.executable, "-m", "worker.main", "--concurrency", "1", *argv,
-                                  "--health-port", str(health_port + index if health_port else 0)])
-                for index in range(concurrency)]
+CRASH_LOOP_RESTARTS = 5        # this many unexpected exits within CRASH_LOOP_WINDOW_S: stop restarting, say so
+CRASH_LOOP_WINDOW_S = 300.0
+
+
+class PoolSlot:
+    """One worker process of a pool, restarted with backoff when it dies, given up when it crash-loops."""
+
+    def __init__(self, index: int, command: list[str], backoff_s: float) -> None:
+        self.index, self.command, self.backoff_s = index, command, backoff_s
+        self.process: subprocess.Popen[bytes] | None = None
+        self.exits: list[float] = []      # times of unexpected exits
+        self.restarts = 0
+        self.restart_at: float | None = 0.0
+        self.given_up = ""
+        self.dead_owner = ""
+
+    def start(self) -> None:
+        env = {**os.environ, "SANDBOX_WORKER_RESTARTS": str(self.restarts)}
+        self.process = subprocess.Popen(self.command, env=env)
+        self.restart_at = None
+
+    def died(self, now: float) -> str | None:
+        """Record an unexpected exit; returns a crash-loop message when it is time to give up."""
+        assert self.process is not None
+        code = self.process.returncode
+        self.exits = [t for t in self.exits if now - t < CRASH_LOOP_WINDOW_S] + [now]
+        if len(self.exits) > CRASH_LOOP_RESTARTS:
+            self.given_up = (f"worker {self.index} of pool {owner_id()} exited {len(self.exits)} times in "
+                             f"{CRASH_LOOP_WINDOW_S:.0f} s (last exit code {code}); not restarted: see its log")
+            return self.given_up
+        self.dead_owner = f"{socket.gethostname()}:{self.process.pid}"
+        delay = min(self.backoff_s * 2 ** (len(self.exits) - 1), 30 * self.backoff_s)
+        log.error("worker %d (pid %d) exited with %s; restarting in %.0f s", self.index, self.process.pid, code, delay)
+        self.restarts += 1
+        self.restart_at = now + delay
+        self.process = None
+        return None
+
+
+def run_pool(concurrency: int, argv: list[str], health_port: int, settings: Settings) -> int:
+    """Run ``concurrency`` single-process workers; restart any that dies; pass SIGTERM/SIGINT on to them."""
+    redis_url = settings.redis_url
+    slots = [PoolSlot(index, [sys.executable, "-m", "worker.main", "--concurrency", "1", *argv,
+                              "--health-port", str(health_port + index if health_port else 0)], settings.restart_backoff_s)
+             for index in range(concurrency)]
+    stopping = threading.Event()
 
     def forward(signum: int, _frame: Any) -> None:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signum)
+        stopping.set()
+        for slot in slots:
+            if slot.process is not None and slot.process.poll() is None:
+                slot.process.send_signal(signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    return max(child.wait() for child in children)
+    while True:
+        now = time.monotonic()
+        for slot in slots:
+            if slot.process is not None and slot.process.poll() is not None and not stopping.is_set():
+                message = slot.died(now)
+                if message is not None:
+                    log.critical("%s", message)
+                    _tell_redis(redis_url, broker.report_alert, f"crash-loop:{owner_id()}:{slot.index}", message)
+                else:  # its replacement reports the restart; the dead process is not a silent worker to chase
+                    _tell_redis(redis_url, broker.forget_worker, slot.dead_owner)
+            if slot.process is None and slot.restart_at is not None and now >= slot.restart_at \
+                    and not slot.given_up and not stopping.is_set():
+                slot.start()
+        running = [s for s in slots if s.process is not None and s.process.poll() is None]
+        if stopping.is_set() and not running:
+            return max((s.process.returncode or 0) for s in slots if s.process is not None) if slots else 0
+        if all(s.given_up for s in slots):
+            return 3
+        stopping.wait(0.5)
+
+
+def _tell_redis(redis_url: str, action: Callable[..., None], *args: str) -> None:
+    try:
+        action(broker.connect(redis_url), *args)
+    except redis.RedisError as exc:
+        log.warning("could not update Redis about the pool: %s", exc)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--concurrency", "-c", default=1, show_default=True, type=click.IntRange(1, 256),
-              help="Worker processes; each runs one batch at a time in its own warm sandboxes.")
+              help="Worker processes; each runs one batch at a time in its own warm sandboxes. With more than one, "
+                   "a supervisor restarts a process that dies (with backoff) and reports one that keeps dying "
+                   "(`sandbox status`); a single process is the worker itself (let systemd or compose restart it).")
 @click.option("--queues", default=",".join(broker.QUEUES), show_default=True,
               help="Queues to serve, in priority order.")
 @click.option("--redis-url", envvar="SANDBOX_REDIS_URL", default=None, help="Redis URL [env SANDBOX_REDIS_URL].")
@@ -286,13 +360,19 @@ def main(concurrency: int, queues: str, redis_url: str | None, burst: bool, cana
     if concurrency > 1:
         argv = ["--queues", queues, "--canary-policy", canary_policy, *(["--burst"] if burst else []),
                 *(["--redis-url", redis_url] if redis_url else []), *(["-v"] if verbose else [])]
-        sys.exit(run_pool(concurrency, argv, health_port))
+        sys.exit(run_pool(concurrency, argv, health_port, Settings(redis_url=redis_url) if redis_url else Settings()))
     settings = Settings(redis_url=redis_url) if redis_url else Settings()
     try:
         serve(settings, queue_names, burst, canary_policy, health_port)
     except CanaryFailure as exc:
         log.error("%s", exc)
         sys.exit(3)
+    except SandboxError as exc:  # engine down, runtime missing, image not built, bad policy: one line and the fix
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(2)
+    except redis.RedisError as exc:
+        click.secho(f"error: {broker.redis_problem(settings.redis_url, exc)}", fg="red", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
