@@ -235,27 +235,29 @@ def submit(settings: Settings, jobs_file: Path, out_file: Path, queue: str, skip
     `sandbox worker --concurrency 2`. Exit status 2 if any line is invalid.
     """
     from sandbox.client import Client
-    from sandbox.jsonl import read_jobs, read_result_ids
-
-    client = Client(settings)
-    jobs, problems = read_jobs(jobs_file, client.validate)
-    for problem in problems:
-        click.secho(f"{jobs_file}:{problem}", fg="red", err=True)
-    if problems and not skip_invalid:
-        fail(f"{len(problems)} invalid line(s); nothing submitted (fix them, or pass --skip-invalid)")
-    done = read_result_ids(out_file)
-    todo = [job for job in jobs if job.id not in done]
-    click.echo(f"{len(jobs)} job(s) in {jobs_file}: {len(jobs) - len(todo)} already in {out_file}, "
-               f"{len(todo)} to run", err=True)
+    from sandbox.jsonl import check_jobs, iter_jobs, read_result_ids
     from sandbox.localworkers import live_workers
 
-    if todo and not live_workers(client.connection):
+    client = Client(settings)
+    done = read_result_ids(out_file)
+    check = check_jobs(jobs_file, client.validate, done)  # first pass: every line checked, nothing kept
+    for problem in check.problems:
+        click.secho(f"{jobs_file}:{problem}", fg="red", err=True)
+    if check.bad_lines > len(check.problems):
+        click.secho(f"... and {check.bad_lines - len(check.problems)} more bad line(s)", fg="red", err=True)
+    if check.bad_lines and not skip_invalid:
+        fail(f"{check.bad_lines} invalid line(s); nothing submitted (fix them, or pass --skip-invalid)")
+    remaining = check.good - check.already_done
+    click.echo(f"{check.good} job(s) in {jobs_file}: {check.good - remaining} already in {out_file}, "
+               f"{remaining} to run", err=True)
+    if remaining and not live_workers(client.connection):
         click.secho("note: no worker is serving the queues yet; jobs wait until one starts "
                     "(`sandbox worker --concurrency 2`)", fg="yellow", err=True)
-    counts = _stream_results(client.submit(todo, queue=queue), out_file, idle_timeout, initial=len(jobs) - len(todo),
-                             total=len(jobs))
+    # Second pass: jobs stream from the file as the bounded queue drains, results stream to the output.
+    submission = client.submit(iter_jobs(jobs_file, check, skip=done), queue=queue, total=remaining)
+    counts = _stream_results(submission, out_file, idle_timeout, initial=check.good - remaining, total=check.good)
     click.echo(" ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "nothing to do", err=True)
-    sys.exit(2 if problems else 0)
+    sys.exit(2 if check.bad_lines else 0)
 
 
 def _stream_results(submission: Any, out_file: Path, idle_timeout: float, initial: int, total: int) -> dict[str, int]:

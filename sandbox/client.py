@@ -13,9 +13,11 @@ results meanwhile.
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
-from collections import defaultdict, deque
+from collections import OrderedDict, defaultdict, deque
+from collections.abc import Sequence
 from typing import Any, Iterable, Iterator
 
 import redis
@@ -30,6 +32,8 @@ from sandbox.settings import Settings
 __all__ = ["Client", "Submission"]
 
 SWEEP_EVERY_S = 5.0
+LOOKUP_CHUNK = 256        # jobs read from the source per cache lookup
+MAX_OPEN_GROUPS = 64      # batches being filled at once (problems interleaved in the source)
 
 
 class Client:
@@ -48,22 +52,30 @@ class Client:
         return self.planner.prepare(job)
 
     def submit(self, jobs: Iterable[JobSpec], queue: str = "bulk", submission_id: str | None = None,
-               reuse: bool = True) -> "Submission":
-        """Validate and plan; batches are enqueued as ``results()`` is consumed.
+               reuse: bool = True, total: int | None = None) -> "Submission":
+        """Plan a submission; batches are enqueued as ``results()`` is consumed, while the queue has room.
 
-        ``reuse=False`` runs every job even if identical work has a cached result (for reruns).
+        A list of jobs is validated whole before anything is queued. Any other iterable is read as
+        the queue drains, so a file of millions of jobs runs in flat memory (validate it first: a bad
+        job met halfway raises then). ``reuse=False`` runs every job even if identical work has a
+        cached result (for reruns). Job ids must be unique within a submission.
         """
         broker.queue(self.connection, queue)  # unknown queue names fail here
-        prepared = []
-        for job in jobs:
-            try:
-                prepared.append(self.validate(job))
-            except JobValidationError as exc:
-                raise type(exc)(f"job {job.id}: {exc}") from None
-        ids = [p.job.id for p in prepared]
-        if len(set(ids)) != len(ids):
-            raise JobValidationError("job ids must be unique within a submission")
-        return Submission(self, prepared, queue, submission_id or uuid.uuid4().hex, reuse)
+        if isinstance(jobs, Sequence):
+            prepared: Iterable[PreparedJob] = [self._prepare(job) for job in jobs]
+            ids = [p.job.id for p in prepared]  # type: ignore[union-attr]
+            if len(set(ids)) != len(ids):
+                raise JobValidationError("job ids must be unique within a submission")
+            total = len(ids)
+        else:
+            prepared = (self._prepare(job) for job in jobs)
+        return Submission(self, iter(prepared), queue, submission_id or uuid.uuid4().hex, reuse, total)
+
+    def _prepare(self, job: JobSpec) -> PreparedJob:
+        try:
+            return self.validate(job)
+        except JobValidationError as exc:
+            raise type(exc)(f"job {job.id}: {exc}") from None
 
     def run(self, jobs: Iterable[JobSpec], queue: str = "interactive", timeout_s: float | None = None) -> list[JobResult]:
         """Submit and wait; results in the order of ``jobs``."""
@@ -73,41 +85,59 @@ class Client:
 
 
 class Submission:
-    def __init__(self, client: Client, prepared: list[PreparedJob], queue: str, submission_id: str,
-                 reuse: bool = True) -> None:
+    """One submission's flow: jobs are pulled from their source only as the bounded queue has room.
+
+    What it holds at any time is bounded by the queue, not by the submission: the batches being
+    filled (at most ``MAX_OPEN_GROUPS`` of them), the jobs in flight, and copies of in-flight work.
+    """
+
+    def __init__(self, client: Client, source: Iterator[PreparedJob], queue: str, submission_id: str,
+                 reuse: bool = True, total: int | None = None) -> None:
         self.id = submission_id
         self.client = client
         self.queue = queue
-        self.total = len(prepared)
+        self.total = total
         self.reused = 0
-        self._copies: dict[str, list[JobSpec]] = defaultdict(list)  # representative id -> identical jobs
+        self._source: Iterator[PreparedJob] | None = source
+        self._reuse = reuse
+        self._open: OrderedDict[tuple[Any, ...], list[PreparedJob]] = OrderedDict()  # batches being filled
+        self._batches: deque[list[PreparedJob]] = deque()                            # full batches, not yet queued
+        self._in_flight: dict[str, str] = {}               # cache key -> the job id that runs it
+        self._keys: dict[str, str] = {}                    # job id in flight -> its cache key
+        self._copies: dict[str, list[JobSpec]] = defaultdict(list)  # job id in flight -> identical jobs
         self._ready: deque[JobResult] = deque()
-        self._batches: deque[list[PreparedJob]] = deque()
         self._outstanding: set[str] = set()
-        self._plan(prepared, reuse)
         self._enqueue_what_fits()
 
-    def _plan(self, prepared: list[PreparedJob], reuse: bool) -> None:
-        representatives: dict[str, PreparedJob] = {}
-        for item in prepared:
-            key = item.cache_key
-            if key in representatives:
-                self._copies[representatives[key].job.id].append(item.job)
-            else:
-                representatives[key] = item
-        cached = broker.cached_results(self.client.connection, list(representatives)) if reuse else {}
-        groups: dict[tuple[Any, ...], list[PreparedJob]] = defaultdict(list)
-        for key, item in representatives.items():
-            if key in cached:
-                self._ready.append(_reuse(cached[key], item.job))
-                self._ready.extend(_reuse(cached[key], copy) for copy in self._copies.pop(item.job.id, []))
-            else:
-                groups[item.group_key].append(item)
-                self._outstanding.add(item.job.id)
+    def _pull(self, wanted: int) -> None:
+        """Read jobs from the source until ``wanted`` batches are full (or it ends); answer cached ones at once."""
         size = self.client.settings.batch_size
-        for group in groups.values():
-            self._batches.extend(group[i:i + size] for i in range(0, len(group), size))
-        self.reused = len(self._ready)
+        while self._source is not None and len(self._batches) < wanted:
+            chunk = list(itertools.islice(self._source, LOOKUP_CHUNK))
+            if not chunk:
+                self._source = None
+                self._batches.extend(self._open.values())
+                self._open.clear()
+                break
+            fresh = {p.cache_key for p in chunk if p.cache_key not in self._in_flight}
+            cached = broker.cached_results(self.client.connection, sorted(fresh)) if self._reuse else {}
+            for item in chunk:
+                key = item.cache_key
+                if key in cached:
+                    self._ready.append(_reuse(cached[key], item.job))
+                    self.reused += 1
+                elif key in self._in_flight:
+                    self._copies[self._in_flight[key]].append(item.job)
+                else:
+                    self._in_flight[key], self._keys[item.job.id] = item.job.id, key
+                    self._outstanding.add(item.job.id)
+                    batch = self._open.setdefault(item.group_key, [])
+                    self._open.move_to_end(item.group_key)
+                    batch.append(item)
+                    if len(batch) >= size:
+                        self._batches.append(self._open.pop(item.group_key))
+                    elif len(self._open) > MAX_OPEN_GROUPS:  # interleaved problems: ship the oldest partial batch
+                        self._batches.append(self._open.popitem(last=False)[1])
 
     def results(self, idle_timeout_s: float | None = None) -> Iterator[JobResult]:
         """Yield every job's result once, in the order they finish; enqueue while the queue has room.
@@ -116,12 +146,16 @@ class Submission:
         """
         connection = self.client.connection
         last_progress = next_sweep = time.monotonic()
-        while self._ready or self._outstanding:
+        while True:
+            self._enqueue_what_fits()
             while self._ready:
+                last_progress = time.monotonic()
                 yield self._ready.popleft()
             if not self._outstanding:
-                break
-            self._enqueue_what_fits()
+                if self._source is None and not self._batches:
+                    return
+                time.sleep(0.2)  # everything so far was answered from the cache; the queue is full of others' work
+                continue
             try:
                 finished = broker.pop_results(connection, self.id, wait_s=1)
                 if time.monotonic() >= next_sweep:
@@ -134,6 +168,7 @@ class Submission:
                 if result.job_id not in self._outstanding:
                     continue
                 self._outstanding.discard(result.job_id)
+                self._in_flight.pop(self._keys.pop(result.job_id, ""), None)
                 last_progress = time.monotonic()
                 yield result
                 for copy in self._copies.pop(result.job_id, []):
@@ -143,11 +178,12 @@ class Submission:
                                           "job(s) outstanding: are workers running? (`sandbox status`)")
 
     def _enqueue_what_fits(self) -> None:
-        if not self._batches:
-            return
         settings = self.client.settings
         rq_queue = broker.queue(self.client.connection, self.queue)
         room = settings.queue_max_items - rq_queue.count
+        if room <= 0:
+            return
+        self._pull(room)
         while self._batches and room > 0:
             batch = self._batches.popleft()
             timeout = batch_deadline_s(batch[0].policy, len(batch)) + 20  # beyond the host's own deadline
