@@ -25,7 +25,8 @@ from pydantic import TypeAdapter, ValidationError
 
 from sandbox.errors import ImageMissing, InfrastructureError, RuntimeUnavailable, SandboxCrashed, SandboxTimeout
 from sandbox.harness import protocol
-from sandbox.harness.messages import BatchReply, BatchRequest, Failure, Ready, to_dict
+from sandbox.harness.messages import BatchReply, BatchRequest, Failure, Hello, Ready, to_dict
+from sandbox.plan import limits_for
 from sandbox.policy import Policy
 
 __all__ = ["container_settings", "Sandbox", "docker_client", "require_runtimes", "owner_id", "SERVICE_LABEL",
@@ -132,7 +133,7 @@ class Sandbox:
             raise
 
     def _handshake(self) -> None:
-        self._send({"op": "hello", "key": self._key.hex()})
+        self._send(to_dict(Hello(op="hello", key=self._key.hex(), limits=limits_for(self.policy), slots=SLOTS)))
         ready = self._receive(_READY, deadline=time.monotonic() + 60, max_bytes=1 << 16)
         if not isinstance(ready, Ready):
             raise SandboxCrashed(f"supervisor did not say ready: {ready.message}")

@@ -11,9 +11,11 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sandbox.harness import comparators
 from sandbox.policy import LimitOverrides
 
-__all__ = ["Language", "Verdict", "TestStatus", "TestSnippet", "JobSpec", "TestResult", "JobResult"]
+__all__ = ["Language", "Verdict", "TestStatus", "TestSnippet", "StdioCase", "StdioCases", "CallCase", "CallCases", "JobSpec",
+           "TestResult", "JobResult"]
 
 MAX_SOURCE_CHARS = 16 * 1024 * 1024  # hard ceiling; each policy sets its own, lower, program_max_kib
 
@@ -39,6 +41,8 @@ class TestStatus(str, Enum):
     timeout = "timeout"  # the sample ran out of time before this test finished
     not_run = "not_run"  # never reached: the program failed to load, or the test program stopped before it
     skipped = "skipped"  # the test program completed without reaching this assert (a branch not taken)
+    output_limit = "output_limit"  # a stdio case printed more than the policy's case_output_max_kib
+    memory_limit = "memory_limit"  # a stdio case ran out of memory
 
 
 class _Frozen(BaseModel):
@@ -52,12 +56,68 @@ class TestSnippet(_Frozen):
     code: str = Field(min_length=1, max_length=MAX_SOURCE_CHARS)
 
 
+class StdioCase(_Frozen):
+    """One stdin/stdout case: the program runs once with ``input`` on stdin; its stdout is judged."""
+
+    input: str = Field(max_length=MAX_SOURCE_CHARS)
+    output: str | None = Field(default=None, max_length=MAX_SOURCE_CHARS, description="expected stdout")
+    name: str | None = Field(default=None, max_length=200)
+
+
+class StdioCases(_Frozen):
+    """Stdio tests: cases, and how outputs are compared (a named comparator, or a checker program)."""
+
+    cases: tuple[StdioCase, ...] = Field(min_length=1, max_length=100_000)
+    comparator: str = Field(default="lines", description=f"one of: {', '.join(comparators.STDIO)}")
+    float_tolerance: float = Field(default=1e-6, ge=0, le=1, description="for the 'float' comparator")
+    checker: str | None = Field(default=None, max_length=MAX_SOURCE_CHARS,
+                                description="Python source defining check(input, output, expected) -> bool or "
+                                            "(bool, reason); it decides every case instead of the comparator")
+
+    @field_validator("comparator")
+    @classmethod
+    def _known_comparator(cls, value: str) -> str:
+        if value not in comparators.STDIO:
+            raise ValueError(f"unknown comparator {value!r}: use one of {', '.join(comparators.STDIO)}")
+        return value
+
+    @model_validator(mode="after")
+    def _judgeable(self) -> "StdioCases":
+        if self.checker is None and any(case.output is None for case in self.cases):
+            raise ValueError("every case needs an expected output unless a checker decides")
+        return self
+
+
+class CallCase(_Frozen):
+    args: tuple[Any, ...] = Field(default=(), description="JSON values, passed positionally")
+    expected: Any = None
+    name: str | None = Field(default=None, max_length=200)
+
+
+class CallCases(_Frozen):
+    """Call-based tests (APPS / LiveCodeBench ``fn_name``): one call per case, compared by a named rule."""
+
+    fn_name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    class_name: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                                   description="LeetCode style: call this method of the program's class (Solution)")
+    cases: tuple[CallCase, ...] = Field(min_length=1, max_length=100_000)
+    comparator: str = Field(default="exact", description=f"one of: {', '.join(comparators.CALLS)}")
+
+    @field_validator("comparator")
+    @classmethod
+    def _known_comparator(cls, value: str) -> str:
+        if value not in comparators.CALLS:
+            raise ValueError(f"unknown comparator {value!r}: use one of {', '.join(comparators.CALLS)}")
+        return value
+
+
 class JobSpec(_Frozen):
     """One program and its tests.
 
     The program is either ``prompt`` + ``completion`` (HumanEval's shape: the prompt is the
     problem's own text and is trusted to define helpers for the tests) or a whole ``program``.
-    Tests are either a HumanEval-style ``check`` program or a list of named ``tests``.
+    Tests are exactly one of: a HumanEval-style ``check`` program, named ``tests`` snippets (both
+    call ``entry_point``), ``stdio`` cases, or call-based ``calls`` cases.
     """
 
     id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=200)
@@ -67,7 +127,11 @@ class JobSpec(_Frozen):
     program: str | None = Field(default=None, max_length=MAX_SOURCE_CHARS)
     check: str | None = Field(default=None, max_length=MAX_SOURCE_CHARS)
     tests: tuple[TestSnippet, ...] | None = Field(default=None, max_length=1000)
-    entry_point: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    stdio: StdioCases | None = None
+    calls: CallCases | None = None
+    entry_point: str = Field(default="", pattern=r"^([A-Za-z_][A-Za-z0-9_]*)?$")
+    stop_on_first_failure: bool = Field(default=False, description="stop a sample at its first failing test "
+                                        "(enough for pass/fail: RL rewards, filtering); later tests are not run")
     policy: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
     limits: LimitOverrides | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
@@ -87,8 +151,12 @@ class JobSpec(_Frozen):
             raise ValueError("give either `program` or `prompt` + `completion`, not both")
         if self.program is None and not (self.prompt or self.completion):
             raise ValueError("the job has no code: give `program`, or `prompt` + `completion`")
-        if (self.check is None) == (self.tests is None):
-            raise ValueError("give exactly one of `check` (a HumanEval-style test program) or `tests` (snippets)")
+        forms = [name for name in ("check", "tests", "stdio", "calls") if getattr(self, name) is not None]
+        if len(forms) != 1:
+            raise ValueError("give exactly one of `check` (a HumanEval-style test program), `tests` (snippets), "
+                             f"`stdio` (input/output cases) or `calls` (call-based cases); got {forms or 'none'}")
+        if forms[0] in ("check", "tests") and not self.entry_point:
+            raise ValueError(f"`{forms[0]}` tests call the program's `entry_point`: name it")
         if self.tests is not None and len({t.name for t in self.tests}) != len(self.tests):
             raise ValueError("test names must be unique")
         return self
@@ -106,6 +174,8 @@ class TestResult(_Frozen):
     status: TestStatus
     message: str = ""
     duration_s: float | None = None
+    cpu_time_s: float | None = None       # stdio cases: the run's own CPU
+    peak_memory_kib: int | None = None    # stdio cases: the run's own peak memory
 
 
 class JobResult(_Frozen):

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import OrderedDict
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from sandbox.errors import JobValidationError
-from sandbox.harness.messages import BatchRequest, Limits, SampleProgram
+from sandbox.harness import messages
+from sandbox.harness.messages import BatchRequest, CallTests, Limits, SampleProgram, StdioTests, Tests
 from sandbox.imagedef import image_tag
-from sandbox.models import JobSpec, TestSnippet
+from sandbox.models import CallCases, JobSpec, StdioCases, TestSnippet
 from sandbox.policy import Policy
-from sandbox.testprogram import TestPlan, defined_names_of, plan_check, plan_snippets
+from sandbox.testprogram import defined_names_of, plan_check, plan_snippets
 
 __all__ = ["PreparedJob", "Planner", "batch_request", "batch_deadline_s", "limits_for", "REPLY_MAX_BYTES"]
 
@@ -27,22 +28,35 @@ HOST_STARTUP_MARGIN_S = 10.0
 
 
 @dataclass(frozen=True)
+class TestPlan:
+    """A job's tests as the driver runs them, with one name per test for the results."""
+
+    __test__ = False
+    names: tuple[str, ...]
+    tests: Tests
+    digest: str               # identifies the tests: jobs with equal digests can share a batch
+
+    @property
+    def form(self) -> str:
+        return self.tests.form
+
+
+@dataclass(frozen=True)
 class PreparedJob:
     job: JobSpec
     policy: Policy          # the job's policy with its tighter limits applied
     tests: TestPlan
-    prelude: str | None     # the problem's own prompt: trusted, run by the driver
     image: str              # the sandbox image tag (a digest of its definition and the harness)
 
     @property
     def group_key(self) -> tuple[Any, ...]:
-        """Jobs with equal keys can share one batch: same tests, prelude, limits and image."""
-        return (self.tests, self.job.entry_point, self.prelude, self.policy, self.image)
+        """Jobs with equal keys can share one batch: same tests, limits and image."""
+        return (self.tests.digest, self.job.stop_on_first_failure, self.policy, self.image)
 
     @property
     def cache_key(self) -> str:
         """Everything that can change the verdict: the code, the tests, every limit, the image and harness."""
-        material = {"job": self.job.model_dump(mode="json", exclude={"id", "metadata"}),
+        material = {"code": self.job.source, "tests": self.tests.digest, "stop": self.job.stop_on_first_failure,
                     "policy": self.policy.model_dump(mode="json"), "image": self.image}
         return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
@@ -70,9 +84,7 @@ class Planner:
         test_size = len((job.check or "").encode()) + sum(len(t.code.encode()) for t in job.tests or ())
         if test_size > limit:
             raise JobValidationError(f"tests are {test_size} bytes, at most {limit} accepted")
-        prelude = _trusted_prelude(job)
-        return PreparedJob(job, policy, _plan(job.check, job.tests, job.entry_point, prelude), prelude,
-                           image_tag(self.images_dir, policy.image))
+        return PreparedJob(job, policy, plan_tests(job), image_tag(self.images_dir, policy.image))
 
 
 def _trusted_prelude(job: JobSpec) -> str | None:
@@ -82,27 +94,93 @@ def _trusted_prelude(job: JobSpec) -> str | None:
     return job.prompt if defined_names_of(job.prompt) else None
 
 
-@lru_cache(maxsize=512)
-def _plan(check: str | None, tests: tuple[TestSnippet, ...] | None, entry_point: str, prelude: str | None) -> TestPlan:
-    if check is not None:
-        return plan_check(check, entry_point, prelude)
-    assert tests is not None
-    return plan_snippets([(t.name, t.code) for t in tests], entry_point, prelude)
+_PLANS: OrderedDict[str, TestPlan] = OrderedDict()     # digest -> plan (test planning parses code: done once)
+_DIGESTS: OrderedDict[int, tuple[Any, str]] = OrderedDict()  # id(spec) -> (spec, digest): jobs sharing a spec
+CACHE_SIZE = 512
+
+
+def plan_tests(job: JobSpec) -> TestPlan:
+    """The job's test form, planned once per distinct set of tests (the forms registry: ``FORMS``)."""
+    field = next(name for name in FORMS if getattr(job, name) is not None)
+    spec = getattr(job, field)
+    prelude = _trusted_prelude(job) if field in ("check", "tests") else None
+    digest = _digest(spec, (field, job.entry_point, prelude))
+    plan = _PLANS.get(digest)
+    if plan is None:
+        names, tests = FORMS[field](spec, job.entry_point, prelude)
+        plan = _remember(_PLANS, digest, TestPlan(names, tests, digest))
+    return plan
+
+
+def _digest(spec: Any, context: tuple[Any, ...]) -> str:
+    known = _DIGESTS.get(id(spec))
+    if known is not None and known[0] is spec:
+        base = known[1]
+    else:
+        dumped = spec if isinstance(spec, str) else json.dumps(
+            [item.model_dump(mode="json") for item in spec] if isinstance(spec, tuple) else spec.model_dump(mode="json"),
+            sort_keys=True)
+        base = hashlib.sha256(dumped.encode()).hexdigest()
+        _remember(_DIGESTS, id(spec), (spec, base))
+    return hashlib.sha256(json.dumps([base, *context]).encode()).hexdigest()
+
+
+def _remember(cache: OrderedDict[Any, Any], key: Any, value: Any) -> Any:
+    cache[key] = value
+    if len(cache) > CACHE_SIZE:
+        cache.popitem(last=False)
+    return value
+
+
+def _plan_check(spec: str, entry_point: str, prelude: str | None) -> tuple[tuple[str, ...], Tests]:
+    plan = plan_check(spec, entry_point, prelude)
+    return plan.names, plan.tests
+
+
+def _plan_snippets(spec: tuple[TestSnippet, ...], entry_point: str, prelude: str | None) -> tuple[tuple[str, ...], Tests]:
+    plan = plan_snippets([(t.name, t.code) for t in spec], entry_point, prelude)
+    return plan.names, plan.tests
+
+
+def _plan_stdio(spec: StdioCases, entry_point: str, prelude: str | None) -> tuple[tuple[str, ...], Tests]:
+    if spec.checker is not None:
+        try:
+            compile(spec.checker, "<checker>", "exec")
+        except SyntaxError as exc:
+            raise JobValidationError(f"the checker is not valid Python: {exc.msg} (line {exc.lineno})") from exc
+    names = tuple(case.name or f"case {index}" for index, case in enumerate(spec.cases, start=1))
+    tests = StdioTests(form="stdio", cases=tuple(messages.StdioCase(input=c.input, output=c.output) for c in spec.cases),
+                       comparator=spec.comparator, float_tolerance=spec.float_tolerance, checker=spec.checker)
+    return names, tests
+
+
+def _plan_calls(spec: CallCases, entry_point: str, prelude: str | None) -> tuple[tuple[str, ...], Tests]:
+    names = tuple(case.name or f"case {index}" for index, case in enumerate(spec.cases, start=1))
+    tests = CallTests(form="calls", fn_name=spec.fn_name, class_name=spec.class_name, comparator=spec.comparator,
+                      cases=tuple(messages.CallCase(args=tuple(c.args), expected=c.expected) for c in spec.cases))
+    return names, tests
+
+
+# The test forms: a JobSpec field -> how its tests are planned. A new form is a new entry (and a
+# judge of the same name in ``sandbox/harness/driver.py``).
+FORMS: dict[str, Callable[[Any, str, str | None], tuple[tuple[str, ...], Tests]]] = {
+    "check": _plan_check, "tests": _plan_snippets, "stdio": _plan_stdio, "calls": _plan_calls,
+}
 
 
 def limits_for(policy: Policy) -> Limits:
     return Limits(cpu_time_s=policy.cpu_time_s, wall_time_s=policy.wall_time_s, judge_cpu_time_s=policy.check_cpu_time_s,
                   memory_mib=policy.memory_mib, processes=policy.processes, file_size_mib=policy.file_size_mib,
                   open_files=policy.open_files, output_max_bytes=policy.output_max_kib * 1024,
-                  reply_max_bytes=REPLY_MAX_BYTES)
+                  reply_max_bytes=REPLY_MAX_BYTES, case_cpu_time_s=policy.case_cpu_time_s,
+                  case_wall_time_s=policy.case_wall_time_s, case_output_max_bytes=policy.case_output_max_kib * 1024)
 
 
 def batch_request(batch: list[PreparedJob]) -> BatchRequest:
     first = batch[0]
-    return BatchRequest(op="run", form=first.tests.form, entry_point=first.job.entry_point, prelude=first.prelude,
-                        program_names=first.tests.program_names, units=first.tests.units,
+    return BatchRequest(op="run", tests=first.tests.tests,
                         samples=tuple(SampleProgram(id=p.job.id, source=p.job.source) for p in batch),
-                        limits=limits_for(first.policy))
+                        limits=limits_for(first.policy), stop_on_first_failure=first.job.stop_on_first_failure)
 
 
 def batch_deadline_s(policy: Policy, samples: int) -> float:

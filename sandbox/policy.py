@@ -21,7 +21,7 @@ __all__ = ["Policy", "LimitOverrides", "load_policy", "load_all_policies", "TIGH
 log = logging.getLogger(__name__)
 
 TIGHTENABLE = ("cpu_time_s", "wall_time_s", "memory_mib", "processes", "scratch_mib", "file_size_mib",
-               "open_files", "output_max_kib", "program_max_kib")
+               "open_files", "output_max_kib", "program_max_kib", "case_cpu_time_s", "case_wall_time_s")
 
 
 class Policy(BaseModel):
@@ -45,6 +45,10 @@ class Policy(BaseModel):
     open_files: int = Field(ge=16, le=65536)
     output_max_kib: int = Field(ge=1, le=65536, description="bytes of stdout and of stderr kept per sample")
     program_max_kib: int = Field(ge=1, le=16384, description="largest program (and largest test code) accepted")
+    case_cpu_time_s: float = Field(default=2.0, gt=0, le=600, description="stdio: CPU seconds of one case's run")
+    case_wall_time_s: float = Field(default=6.0, gt=0, le=1200, description="stdio: wall-clock backstop of one case")
+    case_output_max_kib: int = Field(default=4096, ge=1, le=4096, description="stdio: stdout judged per case; more "
+                                     "is 'output limit exceeded'")
 
     @model_validator(mode="after")
     def _timeouts_nest(self) -> "Policy":
@@ -52,6 +56,8 @@ class Policy(BaseModel):
             raise ValueError("wall_time_s must be at least cpu_time_s")
         if self.job_wall_time_s <= self.wall_time_s:
             raise ValueError("job_wall_time_s must be greater than wall_time_s (the host's backstop comes last)")
+        if self.case_wall_time_s < self.case_cpu_time_s:
+            raise ValueError("case_wall_time_s must be at least case_cpu_time_s")
         return self
 
     def tightened(self, overrides: "LimitOverrides | None") -> "Policy":
@@ -67,6 +73,8 @@ class Policy(BaseModel):
         updated = self.model_dump() | changes
         if updated["wall_time_s"] < updated["cpu_time_s"]:
             updated["cpu_time_s"] = updated["wall_time_s"]
+        if updated["case_wall_time_s"] < updated["case_cpu_time_s"]:
+            updated["case_cpu_time_s"] = updated["case_wall_time_s"]
         return Policy.model_validate(updated)
 
 
@@ -84,6 +92,8 @@ class LimitOverrides(BaseModel):
     open_files: int | None = Field(default=None, ge=16)
     output_max_kib: int | None = Field(default=None, ge=1)
     program_max_kib: int | None = Field(default=None, ge=1)
+    case_cpu_time_s: float | None = Field(default=None, gt=0)
+    case_wall_time_s: float | None = Field(default=None, gt=0)
 
 
 def load_policy(name: str, directory: Path) -> Policy:

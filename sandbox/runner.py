@@ -132,8 +132,9 @@ class Runner:
 
     def _canary_passes(self, prepared: PreparedJob) -> tuple[bool, str]:
         """Run a known-good program under the same policy and image in a fresh sandbox."""
+        # The policy's own limits, not the job's tightened ones: a job cannot make the canary fail.
         canary = self.planner.prepare(CANARY.model_copy(update={"policy": prepared.job.policy}))
-        canary = PreparedJob(canary.job, prepared.policy, canary.tests, None, prepared.image)
+        canary = PreparedJob(canary.job, self.planner.policy(prepared.job.policy), canary.tests, prepared.image)
         try:
             reply, _, _ = self._execute([canary])
         except InfrastructureError as exc:

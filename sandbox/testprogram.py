@@ -18,12 +18,11 @@ import ast
 import builtins
 import symtable
 from dataclasses import dataclass
-from typing import Literal
 
 from sandbox.errors import JobValidationError
-from sandbox.harness.messages import TestUnit
+from sandbox.harness.messages import FunctionTests, TestUnit
 
-__all__ = ["TestPlan", "plan_check", "plan_snippets", "defined_names_of"]
+__all__ = ["FunctionPlan", "plan_check", "plan_snippets", "defined_names_of"]
 
 _BUILTINS = frozenset(dir(builtins))
 _RECORDER = "__sandbox__"
@@ -43,15 +42,12 @@ else:
 
 
 @dataclass(frozen=True)
-class TestPlan:
-    __test__ = False
-    form: Literal["check", "snippets"]
+class FunctionPlan:
     names: tuple[str, ...]           # one per test, in order: assert statements, or snippets
-    units: tuple[TestUnit, ...]      # what the driver executes
-    program_names: tuple[str, ...]   # names the tests take from the program (the entry point first)
+    tests: FunctionTests             # what the driver executes
 
 
-def plan_check(source: str, entry_point: str, prelude: str | None = None) -> TestPlan:
+def plan_check(source: str, entry_point: str, prelude: str | None = None) -> FunctionPlan:
     module = _parse(source, "test program")
     check = next((node for node in module.body if isinstance(node, ast.FunctionDef) and node.name == "check"), None)
     if check is None or len(check.args.args) != 1:
@@ -61,16 +57,19 @@ def plan_check(source: str, entry_point: str, prelude: str | None = None) -> Tes
     if not instrument.names:
         raise JobValidationError("the test program contains no assert statement, so nothing would be tested")
     names = _program_names(source, _defined_names(module.body), entry_point, prelude)
-    return TestPlan("check", tuple(instrument.names), (TestUnit("check", ast.unparse(instrumented)),), names)
+    tests = FunctionTests(form="check", entry_point=entry_point, prelude=prelude, program_names=names,
+                          units=(TestUnit("check", ast.unparse(instrumented)),))
+    return FunctionPlan(tuple(instrument.names), tests)
 
 
-def plan_snippets(snippets: list[tuple[str, str]], entry_point: str, prelude: str | None = None) -> TestPlan:
+def plan_snippets(snippets: list[tuple[str, str]], entry_point: str, prelude: str | None = None) -> FunctionPlan:
     names: dict[str, None] = {}
     for name, code in snippets:
         _parse(code, f"test {name!r}")
         names.update(dict.fromkeys(_program_names(code, set(), entry_point, prelude)))
-    units = tuple(TestUnit(name, code) for name, code in snippets)
-    return TestPlan("snippets", tuple(name for name, _ in snippets), units, tuple(names))
+    tests = FunctionTests(form="snippets", entry_point=entry_point, prelude=prelude, program_names=tuple(names),
+                          units=tuple(TestUnit(name, code) for name, code in snippets))
+    return FunctionPlan(tuple(name for name, _ in snippets), tests)
 
 
 def defined_names_of(source: str) -> set[str]:

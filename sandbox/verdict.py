@@ -65,12 +65,14 @@ def _decide(prepared: PreparedJob, report: SampleReport) -> tuple[tuple[TestResu
         return _all(prepared, TestStatus.not_run, reason), Verdict.error, reason
     tests = _tests(prepared, report)
     statuses = {test.status for test in tests}
-    if statuses & {TestStatus.failed, TestStatus.error}:
+    if statuses & {TestStatus.failed, TestStatus.error, TestStatus.output_limit, TestStatus.memory_limit}:
         late = " (and later ran out of time)" if report.time_limit else ""
         return tests, Verdict.failed, (judged.unsupported or judged.stopped) + late
     if report.time_limit:
         limit = "CPU" if report.time_limit == "cpu" else "wall-clock"
         return tests, Verdict.timeout, f"{limit} time limit exceeded"
+    if TestStatus.timeout in statuses:  # a stdio case ran out of its own time: nothing else failed
+        return tests, Verdict.timeout, next(t.message for t in tests if t.status is TestStatus.timeout)
     if judged.sample_fault:
         return tests, Verdict.error, judged.sample_fault + exit_note
     if judged.unsupported:
@@ -107,5 +109,7 @@ def _tests(prepared: PreparedJob, report: SampleReport) -> tuple[TestResult, ...
             elif status is TestStatus.passed and outcome.handled:
                 message = f"failed {outcome.handled} time(s), each handled by the test program itself"
         tests.append(TestResult(name=name, status=status, message=message[:MESSAGE_CHARS],
-                                duration_s=outcome.duration_s if outcome is not None else None))
+                                duration_s=outcome.duration_s if outcome is not None else None,
+                                cpu_time_s=outcome.cpu_s if outcome is not None else None,
+                                peak_memory_kib=outcome.max_rss_kib if outcome is not None else None))
     return tuple(tests)

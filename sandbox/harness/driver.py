@@ -22,12 +22,13 @@ import builtins
 import json
 import os
 import random
-import re
+import signal
 import socket
 import sys
 import time
 import traceback
 
+import comparators
 import messages
 import protocol
 import values
@@ -40,7 +41,8 @@ if TYPE_CHECKING:
 BOOT_FD, CONTROL_FD = 3, 4
 TEST_FILENAME = "<test>"
 MESSAGE_CHARS = 300
-_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+SHARED_MODULES = frozenset({"math", "re", "collections", "itertools", "functools", "heapq", "bisect", "string", "copy",
+                            "typing", "hashlib", "statistics", "fractions", "decimal", "operator", "random", "json"})
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
@@ -141,10 +143,11 @@ class SampleLink:
         return RemoteObject(self, handle, type_name)
 
     def encode_argument(self, value: Any) -> Any:
-        encoded = values.encode(value, lambda v: v._handle if type(v) is RemoteObject else None)
-        if '"unsupported"' in _dumps(encoded):
-            raise TestArgumentError(f"the test passed a {type(value).__name__} to the program; only plain data can "
-                                    "cross into the sample's process")
+        refused: list[str] = []
+        encoded = values.encode(value, lambda v: v._handle if type(v) is RemoteObject else None, refused)
+        if refused:
+            raise TestArgumentError(f"the test passed {refused[0]} to the program; only plain data can cross into "
+                                    "the sample's process")
         return encoded
 
     # -- requests ----------------------------------------------------------------------------
@@ -171,13 +174,12 @@ class SampleLink:
         if kind == "value":
             return self.decode(description.get("value"))
         if kind == "module":
+            # Never import on the sample's word (an import runs code): only a plain library module this
+            # driver itself has already loaded, named on a fixed list, stands in for the program's.
             module_name = description.get("name")
-            if type(module_name) is str and _MODULE_NAME.match(module_name):
-                try:
-                    return __import__(module_name, fromlist=["_"])  # the image's own module, never the program's
-                except Exception:
-                    pass
-            return values.Unsupported(f"a module the test driver cannot import ({str(module_name)[:60]})")
+            if type(module_name) is str and module_name in SHARED_MODULES and module_name in sys.modules:
+                return sys.modules[module_name]
+            return values.Unsupported(f"a module ({str(module_name)[:60]})")
         raise self._gone("the program described a name in a malformed way")
 
     def proxy(self, name: str, ref: int | None) -> Callable[..., Any]:
@@ -210,7 +212,10 @@ class SampleLink:
         reply = self.receive(("value", "raised"))
         if reply["op"] == "raised":
             raise self.rebuild(reply.get("exception"))
-        return self.member(reply.get("value"), name, ref)
+        found = self.member(reply.get("value"), name, ref)
+        if found is MISSING:
+            raise AttributeError(name)
+        return found
 
     def rebuild(self, data: Any) -> BaseException:
         """The program's exception as the test can catch it: its nearest builtin class, its message."""
@@ -387,31 +392,46 @@ def _where(exc: BaseException) -> str:
 
 
 # -- judging ------------------------------------------------------------------------------------
-class Judge:
-    def __init__(self, job: messages.DriverJob) -> None:
-        self.job = job
-        self.prelude = compile(job.prelude, "<prompt>", "exec") if job.prelude else None
-        self.units = [compile(unit.source, TEST_FILENAME, "exec") for unit in job.units]
+class Control:
+    """The driver's socket to the supervisor: judge requests in, case runs asked for and received."""
 
-    def judge(self, sample_id: str, link: SampleLink) -> messages.Judged:
-        job = self.job
+    def __init__(self, fd: int) -> None:
+        self.socket = socket.socket(fileno=fd)
+
+    def receive(self) -> tuple[dict[str, Any], list[int], bytes]:
+        data, fds, _, _ = socket.recv_fds(self.socket, 16 << 20, 2)
+        if not data:
+            raise SystemExit(0)  # the supervisor ended this driver's batch
+        header, _, payload = data.partition(b"\0")
+        return json.loads(header), fds, payload
+
+    def send(self, message: Any) -> None:
+        self.socket.sendall(_dumps(messages.to_dict(message)).encode())
+
+
+class FunctionJudge:
+    """``check(candidate)`` programs and named snippets, run unchanged against the sample's process."""
+
+    def __init__(self, tests: messages.FunctionTests, job: messages.DriverJob) -> None:
+        self.tests, self.job = tests, job
+        self.prelude = compile(tests.prelude, "<prompt>", "exec") if tests.prelude else None
+        self.units = [compile(unit.source, TEST_FILENAME, "exec") for unit in tests.units]
+
+    def judge(self, sample_id: str, link: SampleLink | None, control: Control) -> messages.Judged:
+        assert link is not None
+        tests = self.tests
         result = {"sample_id": sample_id, "load": "no_report"}
         try:
-            loaded = link.loaded()
-            if loaded.get("ok") is not True:
-                error = loaded.get("error") if type(loaded.get("error")) is dict else {}
-                text = clean(f"{error.get('type', 'Error')}: {error.get('message', '')}", 1000)
-                trace = loaded.get("traceback")
-                if type(trace) is str and trace:
-                    text += "\n" + clean(trace, 3000)
-                return messages.Judged(sample_id=sample_id, load="program_error", load_error=text)
+            failed_load = _load(link, sample_id)
+            if failed_load is not None:
+                return failed_load
             result["load"] = "loaded"
-            names = link.resolve(tuple(dict.fromkeys((*job.program_names, job.entry_point))))
+            names = link.resolve(tuple(dict.fromkeys((*tests.program_names, tests.entry_point))))
         except SampleGone:
             return messages.Judged(**result, sample_fault=link.fault)
-        if names[job.entry_point] is MISSING:
+        if names[tests.entry_point] is MISSING:
             return messages.Judged(sample_id=sample_id, load="missing_entry_point",
-                                   load_error=f"the program does not define {job.entry_point!r}")
+                                   load_error=f"the program does not define {tests.entry_point!r}")
         namespace: dict[str, Any] = {"__name__": "__test__", "__builtins__": builtins}
         random.seed(20_210_707)  # tests that draw random inputs draw the same ones for every sample
         if self.prelude is not None:
@@ -423,19 +443,18 @@ class Judge:
         for name, value in names.items():
             if value is not MISSING:
                 namespace[name] = value
-        recorder = Recorder(job.stop_on_first_failure)
+        recorder = Recorder(self.job.stop_on_first_failure)
         namespace["__sandbox__"] = recorder
         del values.REFUSED[:]
-        entry = names[job.entry_point]
-        if job.form == "check":
+        entry = names[tests.entry_point]
+        if tests.form == "check":
             completed, stopped, test_fault = self._run_check(namespace, entry, recorder)
         else:
             completed, stopped, test_fault = self._run_snippets(namespace, entry, recorder)
         link.end()
         unsupported = recorder.unsupported or (clean(values.REFUSED[0]) if values.REFUSED else "")
         return messages.Judged(sample_id=sample_id, load="loaded", outcomes=recorder.outcomes(), completed=completed,
-                               stopped=stopped, sample_fault=link.fault, unsupported=unsupported,
-                               test_fault=test_fault)
+                               stopped=stopped, sample_fault=link.fault, unsupported=unsupported, test_fault=test_fault)
 
     def _run_check(self, namespace: dict[str, Any], entry: Any, recorder: Recorder) -> tuple[bool, str, str]:
         try:
@@ -453,10 +472,9 @@ class Judge:
         recorder.settle(escaped)
         if escaped is None:
             return True, "", ""
-        if isinstance(escaped, Abort):
-            return False, clean(str(escaped)), ""
-        if isinstance(escaped, UnsupportedUse):
-            recorder.unsupported = recorder.unsupported or clean(str(escaped))
+        if isinstance(escaped, (Abort, UnsupportedUse)):
+            if isinstance(escaped, UnsupportedUse):
+                recorder.unsupported = recorder.unsupported or clean(str(escaped))
             return False, clean(str(escaped)), ""
         if isinstance(escaped, AssertionError) and any(stat.failed for stat in recorder.stats.values()):
             return False, "an assertion failed and check() stopped there", ""
@@ -483,24 +501,158 @@ class Judge:
         return True, "", ""
 
 
+def _load(link: SampleLink, sample_id: str) -> messages.Judged | None:
+    """Wait for the program to load; a ``Judged`` if it failed to."""
+    loaded = link.loaded()
+    if loaded.get("ok") is True:
+        return None
+    error = loaded.get("error") if type(loaded.get("error")) is dict else {}
+    text = clean(f"{error.get('type', 'Error')}: {error.get('message', '')}", 1000)
+    trace = loaded.get("traceback")
+    if type(trace) is str and trace:
+        text += "\n" + clean(trace, 3000)
+    return messages.Judged(sample_id=sample_id, load="program_error", load_error=text)
+
+
+class CaseLog:
+    """Outcomes of call or stdio cases, one per case index."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[messages.TestOutcome] = []
+
+    def add(self, index: int, status: str, message: str = "", duration_s: float = 0.0, cpu_s: float | None = None,
+            max_rss_kib: int | None = None) -> None:
+        self.outcomes.append(messages.TestOutcome(index=index, status=status, message=clean(message),  # type: ignore[arg-type]
+                                                  duration_s=round(duration_s, 6), cpu_s=cpu_s, max_rss_kib=max_rss_kib))
+
+
+class CallJudge:
+    """Call-based cases: the program's function (or a ``Solution`` method) called once per case."""
+
+    def __init__(self, tests: messages.CallTests, job: messages.DriverJob) -> None:
+        self.tests, self.job = tests, job
+        self.compare = comparators.CALLS[tests.comparator]
+
+    def judge(self, sample_id: str, link: SampleLink | None, control: Control) -> messages.Judged:
+        assert link is not None
+        tests = self.tests
+        target_name = tests.class_name or tests.fn_name
+        try:
+            failed_load = _load(link, sample_id)
+            if failed_load is not None:
+                return failed_load
+            target = link.resolve((target_name,))[target_name]
+            if target is MISSING:
+                return messages.Judged(sample_id=sample_id, load="missing_entry_point",
+                                       load_error=f"the program does not define {target_name!r}")
+            function = getattr(target(), tests.fn_name) if tests.class_name else target
+        except SampleGone:
+            return messages.Judged(sample_id=sample_id, load="loaded", sample_fault=link.fault)
+        except BaseException as exc:  # Solution() raised, or has no such method: every case fails alike
+            return messages.Judged(sample_id=sample_id, load="missing_entry_point",
+                                   load_error=f"{tests.class_name}().{tests.fn_name} is not usable: {describe(exc)}")
+        log, stopped = CaseLog(), ""
+        del values.REFUSED[:]
+        for index, case in enumerate(tests.cases):
+            started = time.perf_counter()
+            try:
+                passed, why = self.compare(function(*case.args), case.expected)
+                status, message = ("passed", "") if passed else ("failed", why)
+            except SampleGone as exc:
+                log.add(index, "interrupted", str(exc), time.perf_counter() - started)
+                stopped = str(exc)
+                break
+            except BaseException as exc:  # the program raised (its exception rebuilt), or a refused value
+                status, message = "error", describe(exc)
+            log.add(index, status, message, time.perf_counter() - started)
+            if status != "passed" and self.job.stop_on_first_failure:
+                stopped = f"case {index + 1} did not pass"
+                break
+        link.end()
+        return messages.Judged(sample_id=sample_id, load="loaded", outcomes=tuple(log.outcomes),
+                               completed=len(log.outcomes) == len(tests.cases) and not stopped, stopped=clean(stopped),
+                               sample_fault=link.fault, unsupported=clean(values.REFUSED[0]) if values.REFUSED else "")
+
+
+class StdioJudge:
+    """Stdio cases: the supervisor runs the program once per case; the output is judged here."""
+
+    def __init__(self, tests: messages.StdioTests, job: messages.DriverJob) -> None:
+        self.tests, self.job = tests, job
+        self.compare = comparators.STDIO[tests.comparator]
+        self.checker = None
+        if tests.checker is not None:
+            scope: dict[str, Any] = {"__name__": "__checker__", "__builtins__": builtins}
+            exec(compile(tests.checker, "<checker>", "exec"), scope)
+            self.checker = scope.get("check")
+
+    def judge(self, sample_id: str, link: SampleLink | None, control: Control) -> messages.Judged:
+        log, stopped = CaseLog(), ""
+        for index, case in enumerate(self.tests.cases):
+            control.send(messages.RunCase(op="run_case", index=index))
+            header, _, stdout = control.receive()
+            run = messages.from_dict(messages.CaseRun, header)
+            if run.compile_error:
+                return messages.Judged(sample_id=sample_id, load="program_error", load_error=clean(run.compile_error, 3000))
+            status, message = self.verdict(case, run, stdout)
+            log.add(index, status, message, run.wall_s, run.cpu_s, run.max_rss_kib)
+            if run.limit == "sample":
+                stopped = "the sample's own time budget ran out"
+                break
+            if status != "passed" and self.job.stop_on_first_failure:
+                stopped = f"case {index + 1} did not pass"
+                break
+        return messages.Judged(sample_id=sample_id, load="loaded", outcomes=tuple(log.outcomes),
+                               completed=len(log.outcomes) == len(self.tests.cases) and not stopped, stopped=stopped)
+
+    def verdict(self, case: messages.StdioCase, run: messages.CaseRun, stdout: bytes) -> tuple[str, str]:
+        if run.limit:
+            kind = "CPU" if run.limit == "cpu" else "wall-clock"
+            return "timeout", f"{kind} time limit exceeded ({run.cpu_s:.2f} s CPU, {run.wall_s:.2f} s wall)"
+        if run.stdout_truncated:
+            return "output_limit", "output limit exceeded"
+        if run.exit_status != 0:
+            tail = run.stderr.strip().splitlines()[-1:] or [""]
+            if "MemoryError" in run.stderr or "bad_alloc" in run.stderr:
+                return "memory_limit", f"memory limit exceeded: {tail[0]}"
+            if run.exit_status is not None and run.exit_status < 0:
+                name = signal.Signals(-run.exit_status).name if -run.exit_status in signal.valid_signals() else ""
+                return "error", f"runtime error: killed by signal {-run.exit_status} {name}".strip()
+            return "error", f"runtime error: exit status {run.exit_status}: {tail[0]}"
+        output = stdout.decode("utf-8", "surrogateescape")
+        if self.checker is not None:
+            try:
+                verdict = self.checker(case.input, output, case.output)
+            except Exception as exc:  # the checker refused what the program printed
+                return "failed", f"the checker rejected the output: {describe(exc)}"
+            passed, why = verdict if isinstance(verdict, tuple) else (bool(verdict), "")
+            return ("passed", "") if passed else ("failed", f"wrong answer (checker): {why}")
+        if case.output is None:
+            return "error", "the case has no expected output and the problem no checker"
+        passed, why = self.compare(output, case.output, self.tests.float_tolerance)
+        return ("passed", "") if passed else ("failed", f"wrong answer: {why}")
+
+
+JUDGES: dict[str, Any] = {"check": FunctionJudge, "snippets": FunctionJudge, "calls": CallJudge, "stdio": StdioJudge}
+
+
 def main() -> None:
     boot = protocol.FrameReader(BOOT_FD, 1 << 30).read()
     os.close(BOOT_FD)
     job = messages.from_dict(messages.DriverJob, json.loads(boot or b"{}"))
-    judge = Judge(job)
-    control = socket.socket(fileno=CONTROL_FD)
+    judge = JUDGES[job.tests.form](job.tests, job)
+    control = Control(CONTROL_FD)
     sys.setrecursionlimit(10_000)
     while True:
-        data, fds, _, _ = socket.recv_fds(control, 1 << 16, 2)
-        if not data:
-            return
-        request = messages.from_dict(messages.Judge, json.loads(data))
-        link = SampleLink(fds[0], fds[1], job.reply_max_bytes)
+        header, fds, _ = control.receive()
+        request = messages.from_dict(messages.Judge, header)
+        link = SampleLink(fds[0], fds[1], job.reply_max_bytes) if fds else None
         try:
-            report = judge.judge(request.sample_id, link)
+            report = judge.judge(request.sample_id, link, control)
         except Exception as exc:  # only a sample's values vary between samples: it is charged with this
             report = messages.Judged(sample_id=request.sample_id, load="loaded",
                                      sample_fault=f"the test driver failed judging this sample: {describe(exc)}")
         finally:
-            link.close()
-        control.sendall(_dumps(messages.to_dict(report)).encode())
+            if link is not None:
+                link.close()
+        control.send(report)

@@ -43,14 +43,25 @@ def become(uid: int) -> None:
                 raise HardeningError(0, f"capabilities left after the uid switch: {line.decode()}")
 
 
-# POSIX message queues cannot be listed without mounting mqueuefs (which needs CAP_SYS_ADMIN), so
-# the supervisor could never prove a sample left none behind: samples may not create them.
-_DENIED_SYSCALLS_X86_64 = (240, 241, 242, 243, 244, 245)  # mq_open, mq_unlink, mq_timedsend/receive, mq_notify, mq_getsetattr
-_DENIED_SYSCALLS_AARCH64 = (180, 181, 182, 183, 184, 185)
-_AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
-_BPF_LD_W_ABS, _BPF_JEQ_K, _BPF_RET_K = 0x20, 0x15, 0x06
+# What a sample may not do, even with a uid of its own:
+# * create namespaces (unshare, setns, clone/clone3 with CLONE_NEW*): inside one it holds every
+#   capability, may mount, and gets a private IPC namespace the supervisor's checks cannot see;
+# * mount, unmount, pivot_root;
+# * use POSIX message queues, which cannot be listed without mounting mqueuefs (that needs
+#   CAP_SYS_ADMIN), so the supervisor could never prove a sample left none behind.
+# clone3 gets ENOSYS (its flags sit behind a pointer seccomp cannot read): libc then uses clone.
+_SYSCALLS = {
+    "x86_64": {"denied": (272, 308, 165, 166, 155, 240, 241, 242, 243, 244, 245),  # unshare setns mount umount2
+                                                                                   # pivot_root mq_*
+               "clone": 56, "clone3": 435, "arch": 0xC000003E},
+    "aarch64": {"denied": (97, 268, 40, 39, 41, 180, 181, 182, 183, 184, 185),
+                "clone": 220, "clone3": 435, "arch": 0xC00000B7},
+}
+_CLONE_NEW = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000 | 0x00000080
+_BPF_LD_W_ABS, _BPF_JEQ_K, _BPF_JSET_K, _BPF_RET_K = 0x20, 0x15, 0x45, 0x06
 _SECCOMP_RET_ALLOW, _SECCOMP_RET_ERRNO, _SECCOMP_RET_KILL = 0x7FFF0000, 0x00050000, 0x80000000
-_EPERM = 1
+_EPERM, _ENOSYS = 1, 38
+_SECCOMP_DATA_NR, _SECCOMP_DATA_ARCH, _SECCOMP_DATA_ARG0 = 0, 4, 16
 
 
 class _SockFprog(ctypes.Structure):
@@ -58,18 +69,28 @@ class _SockFprog(ctypes.Structure):
 
 
 def _seccomp_program() -> bytes:
-    machine = os.uname().machine
-    denied = _DENIED_SYSCALLS_X86_64 if machine == "x86_64" else _DENIED_SYSCALLS_AARCH64
+    table = _SYSCALLS[os.uname().machine]
+    program: list[tuple[int, int, int, int]] = []
 
-    def op(code: int, jt: int, jf: int, k: int) -> bytes:
-        return struct.pack("HBBI", code, jt, jf, k)
+    def op(code: int, jt: int, jf: int, k: int) -> None:
+        program.append((code, jt, jf, k))
 
-    program = [op(_BPF_LD_W_ABS, 0, 0, 4), op(_BPF_JEQ_K, 1, 0, _AUDIT_ARCH[machine]), op(_BPF_RET_K, 0, 0, _SECCOMP_RET_KILL),
-               op(_BPF_LD_W_ABS, 0, 0, 0)]
+    op(_BPF_LD_W_ABS, 0, 0, _SECCOMP_DATA_ARCH)
+    op(_BPF_JEQ_K, 1, 0, table["arch"])
+    op(_BPF_RET_K, 0, 0, _SECCOMP_RET_KILL)
+    op(_BPF_LD_W_ABS, 0, 0, _SECCOMP_DATA_NR)
+    denied = table["denied"]
+    # Jump targets count from the next instruction; the tail is: [clone?] [clone3?] allow, eperm, enosys.
     for position, number in enumerate(denied):
-        program.append(op(_BPF_JEQ_K, len(denied) - position, 0, number))
-    program += [op(_BPF_RET_K, 0, 0, _SECCOMP_RET_ALLOW), op(_BPF_RET_K, 0, 0, _SECCOMP_RET_ERRNO | _EPERM)]
-    return b"".join(program)
+        op(_BPF_JEQ_K, (len(denied) - position - 1) + 5, 0, number)           # -> eperm
+    op(_BPF_JEQ_K, 0, 2, table["clone"])                                       # clone: check its flags
+    op(_BPF_LD_W_ABS, 0, 0, _SECCOMP_DATA_ARG0)
+    op(_BPF_JSET_K, 2, 1, _CLONE_NEW)                                          # any CLONE_NEW* -> eperm
+    op(_BPF_JEQ_K, 2, 0, table["clone3"])                                      # clone3 -> enosys
+    op(_BPF_RET_K, 0, 0, _SECCOMP_RET_ALLOW)
+    op(_BPF_RET_K, 0, 0, _SECCOMP_RET_ERRNO | _EPERM)
+    op(_BPF_RET_K, 0, 0, _SECCOMP_RET_ERRNO | _ENOSYS)
+    return b"".join(struct.pack("HBBI", *instruction) for instruction in program)
 
 
 _PROGRAM = _seccomp_program()

@@ -2,7 +2,8 @@
 
     host ──BatchRequest──> supervisor (PID 1) ──BatchReply──> host        HMAC frames, attach stream
     supervisor ──ForkRequest──> zygote ──Forked / Exited──> supervisor    SEQPACKET socket (+ fds)
-    supervisor ──DriverJob (boot pipe), Judge (+ fds)──> driver ──Judged──> supervisor
+    supervisor ──DriverJob (boot pipe), Judge (+ fds), CaseRun──> driver ──RunCase, Judged──> supervisor
+    supervisor ──ProgramBoot (boot pipe)──> a sample's program process
     driver ──call / resolve / getattr / end──> sample ──replies──> driver  frames on two pipes
 
 The host validates ``BatchReply`` with pydantic over these same dataclasses; inside the sandbox,
@@ -20,20 +21,20 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
 # -- host <-> supervisor --------------------------------------------------------------------------
-Form = Literal["check", "snippets"]
-
-
 @dataclass(frozen=True)
 class Limits:
     cpu_time_s: float          # CPU of all the sample's processes together
     wall_time_s: float         # wall-clock backstop of one sample, enforced by the supervisor
     judge_cpu_time_s: float    # CPU the driver may spend judging one sample
     memory_mib: int            # address space of each process
-    processes: int             # processes and threads of one sample (its own uid)
+    processes: int             # processes and threads of one sample process tree (its own uid)
     file_size_mib: int
     open_files: int
-    output_max_bytes: int      # stdout and stderr kept per sample
+    output_max_bytes: int      # stdout and stderr kept per sample (per case for stdio)
     reply_max_bytes: int       # largest reply the driver accepts from a sample
+    case_cpu_time_s: float     # stdio: CPU of one case's run
+    case_wall_time_s: float    # stdio: wall-clock backstop of one case's run
+    case_output_max_bytes: int  # stdio: stdout judged per case; more is "output limit exceeded"
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,55 @@ class TestUnit:
 
 
 @dataclass(frozen=True)
+class FunctionTests:
+    """Tests written in Python that call the program's functions: ``check(candidate)`` or snippets."""
+
+    form: Literal["check", "snippets"]
+    entry_point: str
+    prelude: Optional[str]             # the problem's trusted prompt, run by the driver
+    program_names: tuple[str, ...]     # names the tests take from the program
+    units: tuple[TestUnit, ...]
+
+
+@dataclass(frozen=True)
+class CallCase:
+    args: tuple[Any, ...]              # JSON values, passed positionally
+    expected: Any
+
+
+@dataclass(frozen=True)
+class CallTests:
+    """Call-based cases (APPS / LiveCodeBench ``fn_name``): one call per case, judged by a comparator."""
+
+    form: Literal["calls"]
+    fn_name: str
+    class_name: Optional[str]          # LeetCode style: the method of a fresh ``Solution()`` per case
+    cases: tuple[CallCase, ...]
+    comparator: str
+
+
+@dataclass(frozen=True)
+class StdioCase:
+    input: str
+    output: Optional[str]              # expected stdout; None when only the checker decides
+
+
+@dataclass(frozen=True)
+class StdioTests:
+    """Standard input/output cases: each case is a fresh run of the program, judged by a comparator or checker."""
+
+    form: Literal["stdio"]
+    cases: tuple[StdioCase, ...]
+    comparator: str
+    float_tolerance: float
+    checker: Optional[str]             # Python source of a special judge: check(input, output, expected)
+
+
+Tests = Union[FunctionTests, CallTests, StdioTests]
+Form = Literal["check", "snippets", "calls", "stdio"]
+
+
+@dataclass(frozen=True)
 class SampleProgram:
     id: str
     source: str
@@ -54,22 +104,18 @@ class SampleProgram:
 @dataclass(frozen=True)
 class BatchRequest:
     op: Literal["run"]
-    form: Form
-    entry_point: str
-    prelude: Optional[str]             # the problem's trusted prompt, run by the driver
-    program_names: tuple[str, ...]     # names the tests take from the program
-    units: tuple[TestUnit, ...]
+    tests: Tests
     samples: tuple[SampleProgram, ...]
     limits: Limits
     stop_on_first_failure: bool = False
 
 
-OutcomeStatus = Literal["passed", "failed", "error", "interrupted"]
+OutcomeStatus = Literal["passed", "failed", "error", "interrupted", "timeout", "output_limit", "memory_limit"]
 
 
 @dataclass(frozen=True)
 class TestOutcome:
-    """What happened to one test (an assert statement, or a snippet) while the test program ran."""
+    """What happened to one test (an assert, a snippet, a call case or a stdio case)."""
 
     __test__ = False
     index: int
@@ -78,6 +124,8 @@ class TestOutcome:
     runs: int = 1              # times executed (an assert in a loop runs many times)
     handled: int = 0           # failures the test program caught itself (not failures of the sample)
     duration_s: float = 0.0
+    cpu_s: Optional[float] = None       # stdio cases: the run's own figures
+    max_rss_kib: Optional[int] = None
 
 
 LoadState = Literal["loaded", "program_error", "missing_entry_point", "no_report"]
@@ -91,7 +139,7 @@ class Judged:
     load: LoadState
     load_error: str = ""
     outcomes: tuple[TestOutcome, ...] = ()
-    completed: bool = False    # the test program ran to its end
+    completed: bool = False    # the test program ran to its end (every case ran)
     stopped: str = ""          # why it did not: an exception escaped it, or the first failure stopped it
     sample_fault: str = ""     # the sample broke its channel: garbage, oversized reply, vanished
     unsupported: str = ""      # a value the service cannot carry was used by the test
@@ -118,6 +166,7 @@ class SampleReport:
     stdout_truncated: bool = False
     stderr_truncated: bool = False
     leftovers: tuple[str, ...] = ()   # what the sample left behind (killed or removed after it)
+    timings: tuple[tuple[str, float], ...] = ()  # where the sample's wall time went, for profiles
 
 
 @dataclass(frozen=True)
@@ -127,6 +176,16 @@ class BatchReply:
     unrun: tuple[str, ...]             # samples not started: the sandbox must be replaced first
     healthy: bool                      # False: cleanup was incomplete; discard this sandbox
     anomalies: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Hello:
+    """The host's first frame: the key for authenticating replies, and this sandbox's fixed limits."""
+
+    op: Literal["hello"]
+    key: str
+    limits: Limits
+    slots: int                         # samples judged at once
 
 
 @dataclass(frozen=True)
@@ -143,12 +202,12 @@ class Failure:
 
 
 # -- supervisor <-> zygote ------------------------------------------------------------------------
-ProcessKind = Literal["sample", "driver"]
+ProcessKind = Literal["program", "driver"]
 
 
 @dataclass(frozen=True)
 class Rlimits:
-    cpu_s: int                  # 0: none (the supervisor accounts the driver's CPU per sample)
+    cpu_s: int                  # 0: none (set later from the boot payload, or accounted by the supervisor)
     memory_bytes: int
     file_size_bytes: int
     open_files: int
@@ -181,28 +240,53 @@ class Exited:
     max_rss_kib: int
 
 
-# -- supervisor <-> driver ------------------------------------------------------------------------
+# -- supervisor <-> driver, supervisor -> program ---------------------------------------------------
 @dataclass(frozen=True)
 class DriverJob:
-    form: Form
-    entry_point: str
-    prelude: Optional[str]
-    program_names: tuple[str, ...]
-    units: tuple[TestUnit, ...]
+    tests: Tests
     stop_on_first_failure: bool
     reply_max_bytes: int
 
 
 @dataclass(frozen=True)
 class Judge:
+    """Judge one sample; for function and call forms the two pipe ends to its process come attached."""
+
+    op: Literal["judge"]
     sample_id: str
 
 
 @dataclass(frozen=True)
-class SampleBoot:
-    """What the supervisor writes to a fresh sample process: its program, nothing else."""
+class RunCase:
+    """driver -> supervisor: run the program once on stdio case ``index``."""
 
+    op: Literal["run_case"]
+    index: int
+
+
+@dataclass(frozen=True)
+class CaseRun:
+    """supervisor -> driver: how one run went; its stdout follows the header (after a NUL byte)."""
+
+    op: Literal["case"]
+    index: int
+    exit_status: Optional[int]         # None: it never exited by itself (killed at a limit)
+    limit: Literal["", "cpu", "wall", "sample"]   # which limit stopped it ("sample": the sample's own budget)
+    cpu_s: float
+    wall_s: float
+    max_rss_kib: int
+    stdout_truncated: bool             # more than case_output_max_bytes: output limit exceeded
+    stderr: str                        # its tail, for messages
+    compile_error: str = ""            # the program did not compile (reported before any of it ran)
+
+
+@dataclass(frozen=True)
+class ProgramBoot:
+    """What the supervisor writes to a fresh program process: its program and how to run it, nothing else."""
+
+    mode: Literal["serve", "run"]      # serve: answer the driver's calls; run: run once on stdin (stdio)
     source: str
+    cpu_s: int                         # RLIMIT_CPU for this process (the run's own limit)
 
 
 # -- building messages from JSON inside the sandbox (trusted senders) ------------------------------
@@ -238,6 +322,8 @@ def from_dict(cls: type, data: Any) -> Any:
 
 
 def _convert(kind: Any, value: Any, where: str) -> Any:
+    if kind is Any:
+        return value
     origin = typing.get_origin(kind)
     if isinstance(kind, type) and dataclasses.is_dataclass(kind):
         return from_dict(kind, value)
@@ -254,6 +340,10 @@ def _convert(kind: Any, value: Any, where: str) -> Any:
         raise MessageError(f"{where}: {type(value).__name__} fits none of {kind}")
     if origin is tuple:
         item_type = typing.get_args(kind)[0]
+        if item_type is Any:
+            if not isinstance(value, list):
+                raise MessageError(f"{where}: expected a list")
+            return tuple(value)
         if not isinstance(value, list):
             raise MessageError(f"{where}: expected a list")
         return tuple(_convert(item_type, item, where) for item in value)

@@ -1,11 +1,16 @@
 """A sample's own process (untrusted from the moment its program runs; stdlib only).
 
-Forked by the zygote and switched to the sample's own uid before anything here runs. Reads its
-program from the boot pipe (fd 3), runs it as the module ``__main__``, then answers the test
-driver's requests on fd 4 (in) and fd 5 (out): resolve names, call functions, read attributes
-of objects the program made, end. Every reply is the value in the exact-type encoding of
-``values.py``. This process never holds the test code, expected values, or other samples' data;
-whatever it writes on fd 5 is only ever taken as *its own* answer, parsed by the driver as hostile.
+Forked by the zygote (often ahead of need, as a spare) and switched to a uid of its own before
+anything here runs. Reads a ``ProgramBoot`` from the boot pipe (fd 3): the program, its CPU limit
+and how to run it, then runs the program as the module ``__main__``:
+
+* ``serve``: answers the test driver's requests on fd 4 (in) and fd 5 (out): resolve names, call
+  functions, read attributes of objects the program made, end. Every reply is the value in the
+  exact-type encoding of ``values.py``.
+* ``run``: runs once with stdin on fd 0 and exits as ``python3 main.py`` would (stdio cases).
+
+This process never holds the test code, expected values, or other samples' data; whatever it
+writes on fd 5 is only ever taken as *its own* answer, parsed by the driver as hostile.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import builtins
 import json
 import os
+import resource
 import sys
 import types
 
@@ -58,6 +64,10 @@ class Server:
     def encode(self, value: Any) -> Any:
         return values.encode(value, self.ref)
 
+    def handed_back(self, index: int, type_name: str) -> Any:
+        """An object the program made earlier, passed back by the test."""
+        return self.handles[index]
+
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request["op"]
         if op == "resolve":
@@ -91,8 +101,8 @@ class Server:
             function = getattr(self.handles[target["ref"]], target["name"])
         else:
             function = self.module.__dict__[target["name"]]
-        args = [values.decode(item, self.handles.__getitem__) for item in request["args"]]
-        kwargs = {key: values.decode(item, self.handles.__getitem__) for key, item in request["kwargs"].items()}
+        args = [values.decode(item, self.handed_back) for item in request["args"]]
+        kwargs = {key: values.decode(item, self.handed_back) for key, item in request["kwargs"].items()}
         before = [_dumps(item) if type(value) in values.MUTABLE_TYPES else None
                   for item, value in zip(request["args"], args)]
         try:
@@ -111,14 +121,14 @@ class Server:
         return reply
 
 
-def load(source: str) -> types.ModuleType:
+def load(source: str | types.CodeType) -> types.ModuleType:
     """Run the program as ``__main__``, as `python3 main.py` would (so its functions pickle by name)."""
     module = types.ModuleType("__main__")
     module.__dict__["__builtins__"] = builtins
     module.__dict__["__file__"] = os.path.join(os.getcwd(), "main.py")
     sys.modules["__main__"] = module
     sys.argv = ["main.py"]
-    exec(compile(source, "main.py", "exec"), module.__dict__)
+    exec(source if isinstance(source, types.CodeType) else compile(source, "main.py", "exec"), module.__dict__)
     return module
 
 
@@ -136,9 +146,62 @@ def main() -> None:
     reader = protocol.FrameReader(BOOT_FD, MAX_REQUEST_BYTES)
     boot = _loads(reader.read() or b"{}")
     os.close(BOOT_FD)
+    if boot["cpu_s"]:
+        resource.setrlimit(resource.RLIMIT_CPU, (boot["cpu_s"], boot["cpu_s"] + 1))
+    if boot["mode"] == "run":
+        run(boot["source"])
+    else:
+        serve(boot["source"])
+
+
+def run(source: str) -> None:
+    """Run the program once, as a judge would: its exit status is what `python3 main.py` would give.
+
+    Whether it compiles is said on fd 5 before any of it runs (so that report is the harness's own),
+    then fds 4 and 5 are closed."""
+    os.close(REQUEST_FD)
+    try:
+        code_object = compile(source, "main.py", "exec")
+    except BaseException as exc:  # SyntaxError, or a program too deeply nested to compile
+        error = describe(exc)
+        _write_frame(REPLY_FD, _dumps({"ok": False, "error": f"{error['type']}: {error['message']}\n"
+                                                             f"{_traceback(exc)}"}).encode())
+        os._exit(1)
+    _write_frame(REPLY_FD, b'{"ok":true}')
+    os.close(REPLY_FD)
+    code = 0
+    try:
+        load(code_object)
+    except SystemExit as exc:
+        if exc.code is None:
+            code = 0
+        elif isinstance(exc.code, int):
+            code = exc.code & 0xFF
+        else:
+            _report(str(exc.code))
+            code = 1
+    except BaseException as exc:  # the program's own error: a traceback on stderr, exit status 1
+        _report(_traceback(exc))
+        code = 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:  # a program that closed or replaced its streams
+            pass
+    os._exit(code)
+
+
+def _report(text: str) -> None:
+    try:
+        sys.stderr.write(text if text.endswith("\n") else text + "\n")
+    except BaseException:
+        pass
+
+
+def serve(source: str) -> None:
     requests = protocol.FrameReader(REQUEST_FD, MAX_REQUEST_BYTES)
     try:
-        module = load(boot["source"])
+        module = load(source)
     except BaseException as exc:  # SyntaxError, exceptions, SystemExit at import: the program's own error
         _write_frame(REPLY_FD, _dumps({"op": "loaded", "ok": False, "error": describe(exc),
                                        "traceback": _traceback(exc)}).encode())

@@ -5,15 +5,19 @@ needs (SETUID, SETGID, KILL, CHOWN), non-dumpable. Three trust domains, walled b
 
 * trusted, root: this supervisor and the zygote (``zygote.py``), which forks every child;
 * trusted, a judge uid per slot: the test driver (``driver.py``), which runs the tests;
-* untrusted, a fresh uid per sample, never reused in this sandbox: the sample's processes.
+* untrusted, a fresh uid per program process, never reused in this sandbox: a sample's program.
 
-For each sample the supervisor makes a scratch directory only that uid can use, has the zygote
-fork the sample's process, writes it its program, and hands the driver the two pipe ends that
-lead to it. It enforces the sample's CPU time (over all its processes) and wall time, and the
-driver's CPU per sample, from outside: no sample can signal or stop it. When the driver reports,
-every process of the sample's uid is killed, its files are wiped and the shared places are
-checked; if anything cannot be cleaned (a process that outlives the sweep, an IPC object), the
-batch stops and the host is told to discard this sandbox before anything trusted runs here again.
+The sandbox judges ``slots`` samples at once. Processes are forked ahead of need (spare program
+processes, each with its uid and scratch directory, and a spare driver per slot), so the cost of a
+fork under gVisor is paid while other samples run. For each sample the supervisor boots a spare
+with the program and hands the slot's driver the two pipe ends that lead to it (function and
+call forms), or runs the program once per stdio case the driver asks for, feeding the case's input
+and handing the driver what came out. It enforces CPU time (over all of a program's processes)
+and wall time, per run and per sample, and the driver's CPU per sample, from outside: no sample
+can signal or stop it. After every program process, every process of its uid is killed, its files
+are wiped and the shared places are checked; if anything cannot be cleaned (a process that
+outlives the sweep, an IPC object), the batch stops and the host is told to discard this sandbox
+before anything trusted runs here again.
 
 Replies to the host are HMAC-authenticated frames on stdout.
 """
@@ -21,7 +25,6 @@ Replies to the host are HMAC-authenticated frames on stdout.
 from __future__ import annotations
 
 import ctypes
-import itertools
 import json
 import os
 import select
@@ -38,21 +41,23 @@ sys.path.insert(0, HERE)
 import hardening  # noqa: E402
 import messages  # noqa: E402
 import protocol  # noqa: E402
-from messages import BatchRequest, Judged, Limits, SampleReport  # noqa: E402
+from messages import BatchRequest, CaseRun, Judged, Limits, SampleReport  # noqa: E402
 
 SCRATCH_ROOT = "/scratch"        # one tmpfs per slot: /scratch/<slot>, root-owned 0711
 SHM = "/dev/shm"
-FIRST_SAMPLE_UID = 100_000       # samples: 100000, 100001, ... never reused in one sandbox
-LAST_SAMPLE_UID = 1_000_000
+FIRST_PROGRAM_UID = 100_000      # programs: 100000, 100001, ... never reused in one sandbox
+LAST_PROGRAM_UID = 1_000_000
 JUDGE_UID = 2_000                # drivers: 2000 + slot
 READ_CHUNK = 65536
 CPU_POLL_S = 0.1
-EXIT_GRACE_S = 0.5               # for the sample to flush its output after the driver's "end"
+EXIT_GRACE_S = 0.5               # for a program to flush its output after the driver's "end"
 DRIVER_GRACE_S = 2.0             # for the driver to report after its sample was stopped
 SWEEP_DEADLINE_S = 3.0           # a uid whose processes are not all gone by then taints the sandbox
 WIPE_DEADLINE_S = 5.0
+FORK_DEADLINE_S = 60.0           # the zygote must deliver a fork within this, or the sandbox is given up
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 DRIVER_STDERR_BYTES = 8192
+NUL = b"\0"
 
 
 def child_env(home: str) -> dict[str, str]:
@@ -89,8 +94,17 @@ class Tainted(Exception):
 
 
 # -- processes, seen through /proc --------------------------------------------------------------
-def process_table() -> dict[int, tuple[int, str, float]]:
-    """pid -> (real uid, state, CPU seconds) of every process but this one."""
+class Seen:
+    """One process as the last /proc scan saw it."""
+
+    __slots__ = ("uid", "state", "cpu", "reaped_cpu", "ppid")
+
+    def __init__(self, uid: int, state: str, cpu: float, reaped_cpu: float, ppid: int) -> None:
+        self.uid, self.state, self.cpu, self.reaped_cpu, self.ppid = uid, state, cpu, reaped_cpu, ppid
+
+
+def process_table() -> dict[int, Seen]:
+    """pid -> what /proc says of every process but this one: uid, state, own and reaped children's CPU."""
     table = {}
     me = os.getpid()
     for name in os.listdir("/proc"):
@@ -105,7 +119,8 @@ def process_table() -> dict[int, tuple[int, str, float]]:
             continue  # gone meanwhile
         fields = stat[stat.rindex(b")") + 2:].split()
         uid = next(int(line.split()[1]) for line in status.splitlines() if line.startswith(b"Uid:"))
-        table[int(name)] = (uid, fields[0].decode(), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
+        table[int(name)] = Seen(uid, fields[0].decode(), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS,
+                                (int(fields[13]) + int(fields[14])) / CLOCK_TICKS, int(fields[1]))
     return table
 
 
@@ -137,7 +152,7 @@ def kill_uid(uid: int, zygote_pid: int) -> int:
     deadline = time.monotonic() + SWEEP_DEADLINE_S
     found: set[int] = set()
     while True:
-        alive = [pid for pid, (owner, state, _) in process_table().items() if owner == uid and state not in "ZX"]
+        alive = [pid for pid, seen in process_table().items() if seen.uid == uid and seen.state not in "ZX"]
         if not alive:
             return len(found)
         if time.monotonic() > deadline:
@@ -164,6 +179,8 @@ def wipe(path: str, deadline: float) -> None:
                 wipe(entry.path, deadline)
             else:
                 os.unlink(entry.path)
+                if time.monotonic() > deadline:
+                    raise Tainted(f"wiping {path} took longer than {WIPE_DEADLINE_S:.0f} s")
     os.rmdir(path)
 
 
@@ -190,9 +207,50 @@ def sysv_ipc_objects() -> list[str]:
     return found
 
 
+class Writer:
+    """A payload written to a pipe as the reader takes it (the loop never blocks on a full pipe)."""
+
+    def __init__(self, fd: int, data: bytes) -> None:
+        os.set_blocking(fd, False)
+        self.fd: int | None = fd
+        self.data = memoryview(data)
+        if not data:
+            self.close()
+
+    def pump(self) -> None:
+        assert self.fd is not None
+        try:
+            written = os.write(self.fd, self.data[:1 << 20])
+        except BlockingIOError:
+            return
+        except OSError:  # the reader is gone (a program that did not read it all): its own business
+            written = len(self.data)
+        self.data = self.data[written:]
+        if not self.data:
+            self.close()
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def compile_error(status: Capture) -> str:
+    """What a stdio run's harness said about compiling the program, before any of the program ran."""
+    try:
+        said = json.loads(bytes(status.data[protocol.HEADER.size:]))
+        return "" if said.get("ok") is True else clean(str(said.get("error", "does not compile")), 3000)
+    except (ValueError, AttributeError):
+        return ""  # killed before it said anything: the run's own outcome tells
+
+
+def framed(body: bytes) -> bytes:
+    return protocol.HEADER.pack(len(body)) + body
+
+
 # -- the zygote and its children ----------------------------------------------------------------
 class Zygote:
-    """The supervisor's end of the fork server."""
+    """The supervisor's end of the fork server; forks are asked for and arrive later (``Forked``)."""
 
     def __init__(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -211,62 +269,117 @@ class Zygote:
                 os._exit(127)
         theirs.close()
         self.pid, self.socket = pid, ours
-        self.tokens = itertools.count(1)
-        self.exits: deque[messages.Exited] = deque()
+        self.next_token = 1
 
-    def fork(self, kind: str, uid: int, cwd: str, rlimits: messages.Rlimits) -> tuple[int, list[int]]:
-        token = next(self.tokens)
-        request = messages.ForkRequest(token=token, kind=kind, uid=uid, cwd=cwd, env=child_env(cwd), rlimits=rlimits)  # type: ignore[arg-type]
+    def request(self, kind: str, uid: int, cwd: str, rlimits: messages.Rlimits) -> int:
+        token, self.next_token = self.next_token, self.next_token + 1
+        request = messages.ForkRequest(token=token, kind=kind, uid=uid, cwd=cwd, env=child_env(cwd),  # type: ignore[arg-type]
+                                       rlimits=rlimits)
         try:
             self.socket.send(json.dumps(messages.to_dict(request)).encode())
         except OSError as exc:
             raise Tainted(f"the zygote does not take requests: {exc}") from exc
-        deadline = time.monotonic() + 30
-        while True:
-            ready, _, _ = select.select([self.socket], [], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
-                raise Tainted("the zygote did not fork within 30 s")
-            message, fds = self.receive()
-            if isinstance(message, messages.Forked) and message.token == token:
-                return message.pid, fds
-            for fd in fds:
-                os.close(fd)
+        return token
 
-    def receive(self) -> tuple[Any, list[int]]:
-        """One message from the zygote; ``Exited`` messages are also queued in ``exits``."""
+    def receive(self) -> tuple[messages.Forked | messages.Exited, list[int]]:
         data, fds, _, _ = socket.recv_fds(self.socket, 1 << 16, 8)
         if not data:
             raise Tainted("the zygote exited")
         raw = json.loads(data)
         if raw.get("event") == "exited":
-            exited = messages.from_dict(messages.Exited, raw)
-            self.exits.append(exited)
-            return exited, fds
+            return messages.from_dict(messages.Exited, raw), fds
         return messages.from_dict(messages.Forked, raw), fds
 
 
-class Driver:
-    """A test driver of one slot: forked per batch, judging that slot's samples one at a time."""
+class Program:
+    """A process of the zygote's for one program run: its own uid and scratch, from spare to exit."""
 
-    def __init__(self, zygote: Zygote, slot: int, job: messages.DriverJob, limits: Limits) -> None:
-        self.uid = JUDGE_UID + slot
-        rlimits = messages.Rlimits(cpu_s=0, memory_bytes=limits.memory_mib << 20, file_size_bytes=1 << 20,
-                                   open_files=256, processes=64)
-        self.pid, (boot, control, stderr) = zygote.fork("driver", self.uid, "/", rlimits)
+    def __init__(self, uid: int, scratch: str, pid: int, fds: list[int], output_cap: int) -> None:
+        self.uid, self.scratch, self.pid = uid, scratch, pid
+        stdin, boot, self.request_w, self.reply_r, out, err = fds
+        self.unbooted = [stdin, boot]  # handed to writers at boot
+        self.out, self.err = Capture(output_cap), Capture(output_cap)
+        self.compiled = Capture(1 << 16)
+        self.streams: dict[int, Capture] = {out: self.out, err: self.err}
+        self.writers: list[Writer] = []
+        self.started = 0.0
+        self.cpu_limit = self.wall_limit = 0.0
+        self.live: dict[int, Seen] = {}  # its processes at the last poll
+        self.gone_cpu = 0.0              # CPU of its processes that ended where no process of its own reaped them
+        self.polled_cpu = 0.0
+        self.exited: messages.Exited | None = None
+        self.limit = ""                # which limit stopped it
+        self.stopped_at = 0.0
+
+    def boot(self, mode: str, source: str, cpu_s: float, wall_s: float, stdin: bytes, out_cap: int) -> None:
+        self.started = time.monotonic()
+        self.cpu_limit, self.wall_limit = cpu_s, wall_s
+        self.out.cap = out_cap
+        boot = messages.ProgramBoot(mode=mode, source=source, cpu_s=int(cpu_s) + 1)  # type: ignore[arg-type]
+        stdin_fd, boot_fd = self.unbooted
+        self.unbooted = []
+        self.writers = [Writer(boot_fd, framed(json.dumps(messages.to_dict(boot)).encode())), Writer(stdin_fd, stdin)]
+
+    def handed_over(self) -> None:
+        """The driver holds the pipes to this program now; ours are closed."""
+        for fd in (self.request_w, self.reply_r):
+            os.close(fd)
+        self.request_w = self.reply_r = -1
+
+    def run_alone(self) -> None:
+        """A stdio run: nobody calls it; its reply pipe carries only the harness's word on compiling."""
+        os.close(self.request_w)
+        self.streams[self.reply_r] = self.compiled
+        self.request_w = self.reply_r = -1
+
+    def account(self, table: dict[int, Seen]) -> None:
+        """CPU of all its processes: theirs, their reaped children's, and that of processes gone since."""
+        live = {pid: seen for pid, seen in table.items() if seen.uid == self.uid}
+        for pid, seen in self.live.items():
+            if pid not in live and seen.ppid not in live:  # nobody of its own will count it: we do
+                self.gone_cpu += seen.cpu + seen.reaped_cpu
+        self.live = live
+        self.polled_cpu = max(self.polled_cpu, self.gone_cpu + sum(s.cpu + s.reaped_cpu for s in live.values()))
+
+    def cpu_s(self) -> float:
+        return max(self.polled_cpu, self.exited.cpu_s if self.exited else 0.0)
+
+    def done(self) -> bool:
+        """Exited and its output read to the end."""
+        return self.exited is not None and not self.streams
+
+    def close_fds(self) -> None:
+        for writer in self.writers:
+            writer.close()
+        for fd in [*self.unbooted, self.request_w, self.reply_r, *self.streams]:
+            if fd >= 0:
+                os.close(fd)
+        self.unbooted, self.streams = [], {}
+        self.request_w = self.reply_r = -1
+
+
+class Driver:
+    """A test driver of one slot: forked ahead as a spare, then judges one batch's samples one at a time."""
+
+    def __init__(self, slot: int, pid: int, fds: list[int]) -> None:
+        self.slot, self.uid, self.pid = slot, JUDGE_UID + slot, pid
+        boot, control, stderr = fds
+        self.boot_fd: int | None = boot
         self.control = socket.socket(fileno=control)
-        self.stderr_fd = stderr
+        self.stderr_fd: int | None = stderr
         self.stderr = Capture(DRIVER_STDERR_BYTES)
-        body = json.dumps(messages.to_dict(job)).encode()
-        self.boot = Writer(boot, protocol.HEADER.pack(len(body)) + body)
+        self.writer: Writer | None = None
         self.exit_status: int | None = None
         self.cpu_base = 0.0
 
-    def cpu_s(self) -> float:
-        return cpu_of(self.pid)
+    def start(self, job: messages.DriverJob) -> None:
+        assert self.boot_fd is not None
+        self.writer = Writer(self.boot_fd, framed(json.dumps(messages.to_dict(job)).encode()))
+        self.boot_fd = None
 
-    def judge(self, sample_id: str, fds: list[int]) -> None:
-        self.cpu_base = self.cpu_s()
-        socket.send_fds(self.control, [json.dumps(messages.to_dict(messages.Judge(sample_id))).encode()], fds)
+    def send(self, message: Any, fds: list[int] = (), payload: bytes = b"") -> None:  # type: ignore[assignment]
+        data = json.dumps(messages.to_dict(message)).encode() + (NUL + payload if payload else b"")
+        socket.send_fds(self.control, [data], list(fds))
 
     def describe_death(self) -> str:
         status = "" if self.exit_status is None else f" (exit status {self.exit_status})"
@@ -274,170 +387,197 @@ class Driver:
         return f"the test driver died{status}" + (f": {tail}" if tail else "")
 
     def close(self) -> None:
-        for fd in (self.boot.fd, self.stderr_fd):
+        if self.writer is not None:
+            self.writer.close()
+        for fd in (self.boot_fd, self.stderr_fd):
             if fd is not None:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        self.boot.fd = None
+                os.close(fd)
+        self.boot_fd = self.stderr_fd = None
         self.control.close()
-
-
-class Writer:
-    """A payload written to a pipe as the reader takes it (the loop never blocks on a full pipe)."""
-
-    def __init__(self, fd: int, data: bytes) -> None:
-        os.set_blocking(fd, False)
-        self.fd: int | None = fd
-        self.data = memoryview(data)
-
-    def pump(self) -> None:
-        assert self.fd is not None
-        try:
-            written = os.write(self.fd, self.data[:1 << 20])
-        except BlockingIOError:
-            return
-        except OSError:  # the reader is gone (a sample that died at once): its own fault, seen elsewhere
-            written = len(self.data)
-        self.data = self.data[written:]
-        if not self.data:
-            os.close(self.fd)
-            self.fd = None
+        if self.exit_status is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 class Run:
-    """One sample in flight in one slot."""
+    """One sample being judged in one slot."""
 
-    def __init__(self, slot: int, sample: messages.SampleProgram, uid: int, scratch: str, limits: Limits) -> None:
-        self.slot, self.sample, self.uid, self.scratch, self.limits = slot, sample, uid, scratch, limits
-        self.pid = 0
+    def __init__(self, slot: int, sample: messages.SampleProgram, driver: Driver, stdio: bool, limits: Limits) -> None:
+        self.slot, self.sample, self.driver, self.stdio, self.limits = slot, sample, driver, stdio, limits
         self.started = time.monotonic()
-        self.out = Capture(limits.output_max_bytes)
-        self.err = Capture(limits.output_max_bytes)
-        self.streams: dict[int, Capture] = {}
-        self.boot: Writer | None = None
+        self.program: Program | None = None       # serve: the sample's process; stdio: the current case's
+        self.case = -1                            # stdio: the case being run
         self.judged: Judged | None = None
         self.judge_fault = ""
         self.time_limit = ""
-        self.stopped_at = 0.0          # when the sample was killed for a limit
-        self.judged_at = 0.0
-        self.exited: messages.Exited | None = None
-        self.cpu_seen: dict[int, float] = {}
+        self.stopped_at = self.judged_at = 0.0
+        self.cpu_done = 0.0                       # stdio: CPU of the cases already run
+        self.max_rss_kib = 0
+        self.exit_status: int | None = None
+        self.leftovers: list[str] = []
+        self.stderr = Capture(limits.output_max_bytes)
+        self.stdout = Capture(limits.output_max_bytes)
+        self.timings: dict[str, float] = {}
         self.next_poll = self.started + CPU_POLL_S
+        self.waiting_case: int | None = None      # stdio: a case the driver asked for, waiting for a spare
 
     def cpu_s(self) -> float:
-        polled = sum(self.cpu_seen.values())
-        return max(polled, self.exited.cpu_s if self.exited else 0.0)
+        return self.cpu_done + (self.program.cpu_s() if self.program else 0.0)
 
 
 class Supervisor:
-    def __init__(self) -> None:
+    def __init__(self, limits: Limits, slots: int) -> None:
+        self.limits, self.slots = limits, slots
         self.zygote = Zygote()
-        self.uids = iter(range(FIRST_SAMPLE_UID, LAST_SAMPLE_UID))
+        self.uids = iter(range(FIRST_PROGRAM_UID, LAST_PROGRAM_UID))
         self.taint = ""
+        self.spares: deque[Program] = deque()          # programs forked ahead, waiting for a boot
+        self.spare_drivers: dict[int, Driver] = {}     # slot -> a driver forked ahead, waiting for a job
+        self.pending: dict[int, tuple[str, Any, float]] = {}  # fork token -> what it is for, when asked
+        self.drivers: dict[int, Driver] = {}           # slot -> the driver judging this batch
+        self.runs: dict[int, Run] = {}                 # slot -> the sample being judged there
+        self.programs: dict[int, Program] = {}         # pid -> program, from spare to cleanup
+        self.job: messages.DriverJob | None = None
+        self.request: BatchRequest | None = None
+        for slot in range(slots):
+            os.makedirs(os.path.join(SCRATCH_ROOT, str(slot)), exist_ok=True)
+        self.replenish()
+
+    # -- spares -------------------------------------------------------------------------------------
+    def replenish(self) -> None:
+        """Ask the zygote for what the next samples will need, ahead of need."""
+        if self.taint:
+            return
+        waiting = sum(kind == "program" for kind, _, _ in self.pending.values())
+        for _ in range(self.slots + 1 - len(self.spares) - waiting):
+            uid = next(self.uids, None)
+            if uid is None:
+                self.taint = "this sandbox has used all its program uids"
+                return
+            slot = uid % self.slots  # spread scratch over the per-slot tmpfs mounts
+            scratch = os.path.join(SCRATCH_ROOT, str(slot), str(uid))
+            os.mkdir(scratch, 0o700)
+            os.chown(scratch, uid, uid)
+            rlimits = messages.Rlimits(cpu_s=0, memory_bytes=self.limits.memory_mib << 20,
+                                       file_size_bytes=self.limits.file_size_mib << 20,
+                                       open_files=self.limits.open_files, processes=self.limits.processes)
+            self.pending[self.zygote.request("program", uid, scratch, rlimits)] = ("program", (uid, scratch),
+                                                                                   time.monotonic())
+        for slot in range(self.slots):
+            if slot not in self.spare_drivers and not any(p[:2] == ("driver", slot) for p in self.pending.values()):
+                rlimits = messages.Rlimits(cpu_s=0, memory_bytes=self.limits.memory_mib << 20, file_size_bytes=1 << 20,
+                                           open_files=256, processes=64)
+                token = self.zygote.request("driver", JUDGE_UID + slot, "/", rlimits)
+                self.pending[token] = ("driver", slot, time.monotonic())
+
+    def forked(self, message: messages.Forked, fds: list[int]) -> None:
+        kind, what, _ = self.pending.pop(message.token)
+        if kind == "program":
+            uid, scratch = what
+            program = Program(uid, scratch, message.pid, fds, self.limits.output_max_bytes)
+            self.programs[program.pid] = program
+            self.spares.append(program)
+        else:
+            self.spare_drivers[what] = Driver(what, message.pid, fds)
+
+    def take_spare(self) -> Program | None:
+        """A spare program process that is still alive, or None (one more is asked for either way)."""
+        while self.spares:
+            program = self.spares.popleft()
+            if program.exited is None:
+                self.replenish()
+                return program
+            self.programs.pop(program.pid, None)  # died before its boot (should not happen): never used
+            program.close_fds()
+        self.replenish()
+        return None
+
+    def check_forks(self) -> None:
+        oldest = min((asked for _, _, asked in self.pending.values()), default=None)
+        if oldest is not None and time.monotonic() - oldest > FORK_DEADLINE_S:
+            raise Tainted(f"the zygote did not fork within {FORK_DEADLINE_S:.0f} s")
 
     # -- one batch --------------------------------------------------------------------------------
-    def run_batch(self, request: BatchRequest, slots: int = 1) -> messages.BatchReply:
-        job = messages.DriverJob(form=request.form, entry_point=request.entry_point, prelude=request.prelude,
-                                 program_names=request.program_names, units=request.units,
-                                 stop_on_first_failure=request.stop_on_first_failure,
-                                 reply_max_bytes=request.limits.reply_max_bytes)
-        self.job, self.limits = job, request.limits
-        self.drivers: dict[int, Driver] = {}
-        self.runs: dict[int, Run] = {}
+    def run_batch(self, request: BatchRequest) -> messages.BatchReply:
+        if request.limits != self.limits:
+            raise Tainted("a batch asked for other limits than this sandbox was started with")
+        self.request = request
+        self.job = messages.DriverJob(tests=request.tests, stop_on_first_failure=request.stop_on_first_failure,
+                                      reply_max_bytes=request.limits.reply_max_bytes)
+        stdio = request.tests.form == "stdio"
         pending = deque(request.samples)
         reports: list[SampleReport] = []
-        anomalies: list[str] = []
         try:
             while (pending and not self.taint) or self.runs:
-                for slot in range(slots):
-                    if slot not in self.runs and pending and not self.taint:
-                        self.start(slot, pending.popleft())
-                for run in self.step():
-                    reports.append(self.finish(run))
+                for slot in range(self.slots):
+                    if slot not in self.runs and pending and not self.taint and self.can_start(slot, stdio):
+                        self.start(slot, pending.popleft(), stdio)
+                reports += self.step(block=True)
+                self.check_forks()
         except Tainted as exc:  # the zygote or a driver could not be used: stop here
             self.taint = self.taint or str(exc)
         finally:
             for slot in list(self.drivers):
-                self.stop_driver(slot)
+                self.drivers.pop(slot).close()
+            self.replenish()
         if self.taint:
-            anomalies.append(self.taint)
-            for run in self.runs.values():  # a batch cut short: those in flight were not judged in full
+            for run in self.runs.values():  # a batch cut short: samples in flight were not judged in full
                 pending.appendleft(run.sample)
+            self.runs.clear()
         return messages.BatchReply(op="result", samples=tuple(reports), unrun=tuple(s.id for s in pending),
-                                   healthy=not self.taint, anomalies=tuple(anomalies))
+                                   healthy=not self.taint, anomalies=(clean(self.taint, 500),) if self.taint else ())
 
-    def driver(self, slot: int) -> Driver:
+    def can_start(self, slot: int, stdio: bool) -> bool:
+        has_driver = slot in self.drivers or slot in self.spare_drivers
+        return has_driver and (stdio or any(p.exited is None for p in self.spares))
+
+    def start(self, slot: int, sample: messages.SampleProgram, stdio: bool) -> None:
         if slot not in self.drivers:
-            self.drivers[slot] = Driver(self.zygote, slot, self.job, self.limits)
-        return self.drivers[slot]
-
-    def stop_driver(self, slot: int) -> None:
-        driver = self.drivers.pop(slot)
-        driver.close()
-        if driver.exit_status is None:
-            try:
-                os.kill(driver.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        kill_uid(driver.uid, self.zygote.pid)
-
-    def start(self, slot: int, sample: messages.SampleProgram) -> None:
-        uid = next(self.uids, None)
-        if uid is None:
-            raise Tainted("this sandbox has used all its sample uids")
-        if slot in self.drivers and self.drivers[slot].exit_status is not None:
-            self.stop_driver(slot)
-        self.driver(slot)
-        scratch = os.path.join(SCRATCH_ROOT, str(slot), str(uid))
-        os.mkdir(scratch, 0o700)
-        os.chown(scratch, uid, uid)
-        run = Run(slot, sample, uid, scratch, self.limits)
-        limits = self.limits
+            driver = self.drivers[slot] = self.spare_drivers.pop(slot)
+            assert self.job is not None
+            driver.start(self.job)
+            self.replenish()
         driver = self.drivers[slot]
-        rlimits = messages.Rlimits(cpu_s=int(limits.cpu_time_s) + 1, memory_bytes=limits.memory_mib << 20,
-                                   file_size_bytes=limits.file_size_mib << 20, open_files=limits.open_files,
-                                   processes=limits.processes)
-        run.pid, (boot, request_w, reply_r, out, err) = self.zygote.fork("sample", uid, scratch, rlimits)
-        run.started = time.monotonic()
-        run.next_poll = run.started + CPU_POLL_S
-        body = json.dumps(messages.to_dict(messages.SampleBoot(source=sample.source))).encode()
-        run.boot = Writer(boot, protocol.HEADER.pack(len(body)) + body)
-        run.streams = {out: run.out, err: run.err}
+        run = Run(slot, sample, driver, stdio, self.limits)
+        fds: list[int] = []
+        if not stdio:
+            program = self.take_spare()
+            assert program is not None  # can_start saw one
+            program.boot("serve", sample.source, self.limits.cpu_time_s, self.limits.wall_time_s, b"",
+                         self.limits.output_max_bytes)
+            run.program = program
+            fds = [program.request_w, program.reply_r]
         try:
-            try:
-                driver.judge(sample.id, [request_w, reply_r])
-            except OSError:  # the driver ended between samples: a fresh one judges this sample
-                self.stop_driver(slot)
-                self.driver(slot).judge(sample.id, [request_w, reply_r])
-        except OSError as exc:
-            raise Tainted(f"no test driver could be started: {exc}") from exc
-        finally:
-            os.close(request_w)
-            os.close(reply_r)
+            driver.cpu_base = cpu_of(driver.pid)
+            driver.send(messages.Judge(op="judge", sample_id=sample.id), fds)
+        except OSError:
+            run.judge_fault, run.judged_at = driver.describe_death(), time.monotonic()
+        if run.program is not None:
+            run.program.handed_over()
         self.runs[slot] = run
 
     # -- the event loop -----------------------------------------------------------------------------
-    def step(self) -> list[Run]:
-        """Wait for one round of events; return the runs that are ready to be finished."""
-        self.process_exits()  # some arrived while the zygote was forking
-        readers: dict[int, Any] = {self.zygote.socket.fileno(): ("zygote", None)}
+    def step(self, block: bool) -> list[SampleReport]:
+        """Serve one round of events; return the reports of samples that finished."""
+        readers: dict[int, tuple[str, Any]] = {self.zygote.socket.fileno(): ("zygote", None)}
         writers: dict[int, Writer] = {}
         for slot, driver in self.drivers.items():
             readers[driver.control.fileno()] = ("driver", slot)
             if driver.stderr_fd is not None:
-                readers[driver.stderr_fd] = ("driver-stderr", slot)
-            if driver.boot.fd is not None:
-                writers[driver.boot.fd] = driver.boot
-        for run in self.runs.values():
-            for fd in run.streams:
-                readers[fd] = ("stream", run)
-            if run.boot is not None and run.boot.fd is not None:
-                writers[run.boot.fd] = run.boot
+                readers[driver.stderr_fd] = ("driver-stderr", driver)
+            if driver.writer is not None and driver.writer.fd is not None:
+                writers[driver.writer.fd] = driver.writer
+        for program in self.programs.values():
+            for fd in program.streams:
+                readers[fd] = ("stream", program)
+            for writer in program.writers:
+                if writer.fd is not None:
+                    writers[writer.fd] = writer
         now = time.monotonic()
-        timeout = max(0.0, min([self.next_timer(run) for run in self.runs.values()], default=now + 1) - now)
-        readable, writable, _ = select.select(list(readers), list(writers), [], timeout)
+        wake = min([self.next_timer(run) for run in self.runs.values()], default=now + 1.0)
+        readable, writable, _ = select.select(list(readers), list(writers), [], max(0.0, wake - now) if block else 0)
         for fd in writable:
             writers[fd].pump()
         for fd in readable:
@@ -450,33 +590,36 @@ class Supervisor:
                 self.driver_stderr(owner, fd)
             else:
                 self.stream_event(owner, fd)
-        return [run for run in list(self.runs.values()) if self.check(run)]
+        reports = []
+        for run in list(self.runs.values()):
+            if self.check(run):
+                reports.append(self.finish(run))
+        return reports
 
     def next_timer(self, run: Run) -> float:
         if run.judged is not None or run.judge_fault:
             return run.judged_at + EXIT_GRACE_S
-        if run.time_limit:
-            return run.stopped_at + DRIVER_GRACE_S
-        return min(run.next_poll, run.started + run.limits.wall_time_s)
+        timers = [run.next_poll, run.started + run.limits.wall_time_s]
+        if run.time_limit and not run.stdio:
+            timers.append(run.stopped_at + DRIVER_GRACE_S)
+        if run.program is not None and not run.program.limit:
+            timers.append(run.program.started + run.program.wall_limit)
+        if run.waiting_case is not None:
+            timers.append(time.monotonic() + 0.01)
+        return min(timers)
 
     def zygote_event(self) -> None:
-        _, fds = self.zygote.receive()
+        message, fds = self.zygote.receive()
+        if isinstance(message, messages.Forked):
+            self.forked(message, fds)
+            return
         for fd in fds:
             os.close(fd)
-        self.process_exits()
-
-    def process_exits(self) -> None:
-        while self.zygote.exits:
-            self.exited(self.zygote.exits.popleft())
-
-    def exited(self, message: messages.Exited) -> None:
-        for run in self.runs.values():
-            if run.pid == message.pid:
-                run.exited = message
-                if os.waitstatus_to_exitcode(message.status) in (-signal.SIGXCPU, -signal.SIGKILL) \
-                        and message.cpu_s >= run.limits.cpu_time_s - 0.05 and not run.time_limit:
-                    self.stop(run, "cpu")
-        for driver in self.drivers.values():
+        program = self.programs.get(message.pid)
+        if program is not None:
+            program.exited = message
+            return
+        for driver in (*self.drivers.values(), *self.spare_drivers.values()):
             if driver.pid == message.pid:
                 driver.exit_status = os.waitstatus_to_exitcode(message.status)
 
@@ -492,22 +635,57 @@ class Supervisor:
         if not data:
             self.driver_died(slot)
             return
-        judged = messages.from_dict(Judged, json.loads(data))
+        raw = json.loads(data)
+        if raw.get("op") == "run_case":
+            request = messages.from_dict(messages.RunCase, raw)
+            if run is not None and run.stdio and run.program is None and run.waiting_case is None:
+                self.run_case(run, request.index)
+            return
+        judged = messages.from_dict(Judged, raw)
         if run is not None and judged.sample_id == run.sample.id and run.judged is None and not run.judge_fault:
             run.judged, run.judged_at = judged, time.monotonic()
 
+    def run_case(self, run: Run, index: int) -> None:
+        """Run the program once on stdio case ``index``: a fresh process and uid, the case's input on stdin."""
+        assert self.request is not None and self.request.tests.form == "stdio"
+        if run.time_limit:  # the sample's own budget is spent: the case is not run
+            self.tell_case(run, CaseRun(op="case", index=index, exit_status=None, limit="sample", cpu_s=0.0, wall_s=0.0,
+                                        max_rss_kib=0, stdout_truncated=False, stderr=""), b"")
+            return
+        program = self.take_spare()
+        if program is None:
+            run.waiting_case = index
+            return
+        run.waiting_case = None
+        limits = self.limits
+        cpu_left = limits.cpu_time_s - run.cpu_done
+        wall_left = run.started + limits.wall_time_s - time.monotonic()
+        run.case = index
+        program.boot("run", run.sample.source, max(0.01, min(limits.case_cpu_time_s, cpu_left)),
+                     max(0.01, min(limits.case_wall_time_s, wall_left)), self.request.tests.cases[index].input.encode(),
+                     limits.case_output_max_bytes)
+        program.run_alone()
+        run.program = program
+
+    def tell_case(self, run: Run, report: CaseRun, stdout: bytes) -> None:
+        try:
+            run.driver.send(report, payload=stdout)
+        except OSError:
+            self.driver_gone(run, run.driver.describe_death())
+
     def driver_died(self, slot: int) -> None:
-        driver = self.drivers[slot]
-        self.drain_driver_stderr(driver)
+        driver = self.drivers.pop(slot)
+        deadline = time.monotonic() + 0.2
+        while driver.stderr_fd is not None and time.monotonic() < deadline:
+            if select.select([driver.stderr_fd], [], [], 0.05)[0]:
+                self.driver_stderr(driver, driver.stderr_fd)
         run = self.runs.get(slot)
         if run is not None and run.judged is None and not run.judge_fault:
-            run.judge_fault = driver.describe_death()
-            run.judged_at = time.monotonic()
-        self.stop_driver(slot)
+            run.judge_fault, run.judged_at = driver.describe_death(), time.monotonic()
+        driver.close()
 
-    def driver_stderr(self, slot: int, fd: int) -> None:
-        driver = self.drivers.get(slot)
-        if driver is None or driver.stderr_fd != fd:  # it ended earlier in this round
+    def driver_stderr(self, driver: Driver, fd: int) -> None:
+        if driver.stderr_fd != fd:
             return
         chunk = os.read(fd, READ_CHUNK)
         if chunk:
@@ -516,123 +694,161 @@ class Supervisor:
             os.close(fd)
             driver.stderr_fd = None
 
-    def drain_driver_stderr(self, driver: Driver) -> None:
-        while driver.stderr_fd is not None and select.select([driver.stderr_fd], [], [], 0.05)[0]:
-            chunk = os.read(driver.stderr_fd, READ_CHUNK)
-            if not chunk:
-                break
-            driver.stderr.feed(chunk)
-
-    def stream_event(self, run: Run, fd: int) -> None:
-        if fd not in run.streams:
+    def stream_event(self, program: Program, fd: int) -> None:
+        if fd not in program.streams:
             return
         chunk = os.read(fd, READ_CHUNK)
         if chunk:
-            run.streams[fd].feed(chunk)
+            program.streams[fd].feed(chunk)
         else:
             os.close(fd)
-            del run.streams[fd]
+            del program.streams[fd]
 
-    def stop(self, run: Run, limit: str) -> None:
-        """A limit fired: end every process of the sample; the driver then reports what it saw."""
-        run.time_limit, run.stopped_at = limit, time.monotonic()
-        kill_uid(run.uid, self.zygote.pid)
+    def stop(self, run: Run, program: Program, limit: str) -> None:
+        """A limit fired: end every process of the program; the driver then reports what it saw."""
+        program.limit, program.stopped_at = limit, time.monotonic()
+        kill_uid(program.uid, self.zygote.pid)
+        if not run.stdio or limit == "sample":
+            run.time_limit = "cpu" if limit == "cpu" else "wall"
+            run.stopped_at = program.stopped_at
 
     def check(self, run: Run) -> bool:
         """Enforce limits; True once the run can be finished."""
         now = time.monotonic()
         if run.judged is not None or run.judge_fault:
-            return run.exited is not None or now >= run.judged_at + EXIT_GRACE_S
-        if run.time_limit:
-            if now >= run.stopped_at + DRIVER_GRACE_S:  # the driver did not come back from its sample
-                run.judge_fault = f"the test driver did not report within {DRIVER_GRACE_S:.0f} s of the sample's end"
-                run.judged_at = now
-                self.kill_driver(run.slot)
-            return False
-        if now >= run.started + run.limits.wall_time_s:
-            self.stop(run, "wall")
-            return False
-        if now >= run.next_poll:
+            return run.program is None or run.program.exited is not None or now >= run.judged_at + EXIT_GRACE_S
+        program = run.program
+        if now >= run.next_poll:  # CPU, polled: the program's processes, and the driver judging them
             run.next_poll = now + CPU_POLL_S
             table = process_table()
-            for pid, (uid, _, cpu) in table.items():
-                if uid == run.uid:
-                    run.cpu_seen[pid] = max(cpu, run.cpu_seen.get(pid, 0.0))
-            if run.cpu_s() >= run.limits.cpu_time_s:
-                self.stop(run, "cpu")
+            driver = table.get(run.driver.pid)
+            if driver is not None and driver.cpu - run.driver.cpu_base > run.limits.judge_cpu_time_s:
+                self.driver_gone(run, f"judging this sample's values took the test driver more than "
+                                      f"{run.limits.judge_cpu_time_s:g} s of CPU")
                 return False
-            driver = self.drivers.get(run.slot)
-            if driver is not None and driver.pid in table \
-                    and table[driver.pid][2] - driver.cpu_base > run.limits.judge_cpu_time_s:
-                run.judge_fault = (f"judging this sample's values took the test driver more than "
-                                   f"{run.limits.judge_cpu_time_s:g} s of CPU")
-                run.judged_at = now
-                self.kill_driver(run.slot)
+            if program is not None and not program.limit:
+                program.account(table)
+                if run.stdio and run.cpu_s() >= run.limits.cpu_time_s:
+                    self.stop(run, program, "sample")
+                elif program.cpu_s() >= program.cpu_limit:
+                    self.stop(run, program, "cpu")
+        if program is not None and not program.limit:
+            if run.stdio and now >= run.started + run.limits.wall_time_s:
+                self.stop(run, program, "sample")
+            elif now >= program.started + program.wall_limit:
+                self.stop(run, program, "wall")
+        if not run.stdio:
+            if run.time_limit and now >= run.stopped_at + DRIVER_GRACE_S:  # the driver did not come back
+                self.driver_gone(run, f"the test driver did not report within {DRIVER_GRACE_S:.0f} s of the sample's end")
+            return False
+        if program is not None and (program.done() or (program.limit and program.exited is not None)):
+            self.case_finished(run, program)
+        elif program is None:
+            if now >= run.started + run.limits.wall_time_s and not run.time_limit:
+                run.time_limit, run.stopped_at = "wall", now  # between cases: told at the driver's next request
+            if run.waiting_case is not None:
+                self.run_case(run, run.waiting_case)
         return False
 
-    def kill_driver(self, slot: int) -> None:
-        if slot in self.drivers:
-            self.stop_driver(slot)
+    def case_finished(self, run: Run, program: Program) -> None:
+        """Hand the driver what one stdio run produced, after its processes and files are gone."""
+        exited = program.exited
+        assert exited is not None
+        status = os.waitstatus_to_exitcode(exited.status)
+        if not program.limit and status in (-signal.SIGXCPU, -signal.SIGKILL) and exited.cpu_s >= program.cpu_limit - 0.05:
+            program.limit = "cpu"  # RLIMIT_CPU fired before the supervisor's poll did
+        self.release(run, program)
+        run.program = None
+        run.cpu_done += program.cpu_s()
+        run.max_rss_kib = max(run.max_rss_kib, exited.max_rss_kib)
+        run.stderr.feed(program.err.data)
+        wall = (program.stopped_at or time.monotonic()) - program.started
+        report = CaseRun(op="case", index=run.case, exit_status=None if program.limit else status,
+                         limit=program.limit, cpu_s=round(program.cpu_s(), 4), wall_s=round(wall, 4),  # type: ignore[arg-type]
+                         max_rss_kib=exited.max_rss_kib, stdout_truncated=program.out.truncated,
+                         stderr=clean(program.err.text()[-2000:], 2000), compile_error=compile_error(program.compiled))
+        self.tell_case(run, report, bytes(program.out.data))
 
-    # -- after a sample ------------------------------------------------------------------------------
-    def finish(self, run: Run) -> SampleReport:
-        """Report one sample after ending its processes and wiping what it wrote.
+    def driver_gone(self, run: Run, reason: str) -> None:
+        run.judge_fault, run.judged_at = reason, time.monotonic()
+        driver = self.drivers.pop(run.slot, None)
+        if driver is not None:
+            driver.close()
 
-        The report stands even if cleanup is incomplete (its judging was done in other trust domains);
-        an incomplete cleanup taints the sandbox, so nothing trusted runs here again."""
-        leftovers = []
+    # -- after a program, after a sample ---------------------------------------------------------------
+    def release(self, run: Run, program: Program) -> None:
+        """End every process of the program's uid, read its output to the end, wipe its files."""
         try:
-            killed = kill_uid(run.uid, self.zygote.pid)
-            if killed:
-                leftovers.append(f"{killed} process(es) of the sample still running after its tests: killed")
+            killed = kill_uid(program.uid, self.zygote.pid)
+            if killed and not program.limit:
+                run.leftovers.append(f"{killed} process(es) still running after the program's end: killed")
         except Tainted as exc:
             self.taint = self.taint or str(exc)
-            leftovers.append(str(exc))
+            run.leftovers.append(str(exc))
         deadline = time.monotonic() + 1.0
-        while (run.streams or run.exited is None) and time.monotonic() < deadline:  # every writer is dead
-            watched = [*run.streams, self.zygote.socket.fileno()]
+        while (program.streams or program.exited is None) and time.monotonic() < deadline:
+            watched = [*program.streams, self.zygote.socket.fileno()]
             for fd in select.select(watched, [], [], 0.05)[0]:
                 if fd == self.zygote.socket.fileno():
                     self.zygote_event()
                 else:
-                    self.stream_event(run, fd)
-        del self.runs[run.slot]
-        for fd in list(run.streams):
-            os.close(fd)
-        if run.boot is not None and run.boot.fd is not None:
-            os.close(run.boot.fd)
+                    self.stream_event(program, fd)
+        program.close_fds()
+        self.programs.pop(program.pid, None)
         try:
-            leftovers += self.clean_up(run)
+            run.leftovers += self.clean_up(program)
         except (Tainted, OSError) as exc:
             self.taint = self.taint or str(exc)
-            leftovers.append(str(exc))
+            run.leftovers.append(str(exc))
+
+    def finish(self, run: Run) -> SampleReport:
+        """Report one sample. The report stands even if cleanup is incomplete (its judging was done in other
+        trust domains); an incomplete cleanup taints the sandbox, so nothing trusted runs here again."""
+        finishing = time.monotonic()
+        program = run.program
+        if program is not None:
+            self.release(run, program)
+            if not run.stdio:
+                run.stdout, run.stderr = program.out, program.err
+                run.max_rss_kib = program.exited.max_rss_kib if program.exited else 0
+                if program.exited is not None:
+                    run.exit_status = os.waitstatus_to_exitcode(program.exited.status)
+                    if not run.time_limit and run.exit_status in (-signal.SIGXCPU, -signal.SIGKILL) \
+                            and program.exited.cpu_s >= program.cpu_limit - 0.05:
+                        run.time_limit = "cpu"
+                run.cpu_done = program.cpu_s()
+            run.program = None
+        del self.runs[run.slot]
         judged = run.judged or Judged(sample_id=run.sample.id, load="no_report")
         if run.judge_fault:
             judged = Judged(sample_id=run.sample.id, load=judged.load)
-        exit_status = os.waitstatus_to_exitcode(run.exited.status) if run.exited else None
+        end = run.stopped_at or run.judged_at or time.monotonic()
+        run.timings.update(running_s=end - run.started, finishing_s=time.monotonic() - finishing)
         return SampleReport(id=run.sample.id, judged=judged, judge_fault=clean(run.judge_fault, 1000),
-                            time_limit=run.time_limit, exit_status=exit_status, cpu_s=round(run.cpu_s(), 4),  # type: ignore[arg-type]
-                            wall_s=round((run.stopped_at or run.judged_at or time.monotonic()) - run.started, 4),
-                            max_rss_kib=run.exited.max_rss_kib if run.exited else 0,
-                            stdout=clean(run.out.text(), run.out.cap), stderr=clean(run.err.text(), run.err.cap),
-                            stdout_truncated=run.out.truncated, stderr_truncated=run.err.truncated,
-                            leftovers=tuple(clean(item, 300) for item in leftovers))
+                            time_limit=run.time_limit, exit_status=run.exit_status,  # type: ignore[arg-type]
+                            cpu_s=round(run.cpu_s(), 4), wall_s=round(end - run.started, 4), max_rss_kib=run.max_rss_kib,
+                            stdout=clean(run.stdout.text(), run.stdout.cap), stderr=clean(run.stderr.text(), run.stderr.cap),
+                            stdout_truncated=run.stdout.truncated, stderr_truncated=run.stderr.truncated,
+                            leftovers=tuple(clean(item, 300) for item in run.leftovers),
+                            timings=tuple((name, round(value, 4)) for name, value in run.timings.items()))
 
-    def clean_up(self, run: Run) -> list[str]:
-        """Wipe what the sample wrote; what cannot be wiped taints the sandbox (``Tainted``)."""
+    def clean_up(self, program: Program) -> list[str]:
+        """Wipe what the program wrote; what cannot be wiped taints the sandbox (``Tainted``)."""
         found = []
         deadline = time.monotonic() + WIPE_DEADLINE_S
-        wipe(run.scratch, deadline)
-        active = {str(other.uid) for other in self.runs.values()}
-        slot_root = os.path.join(SCRATCH_ROOT, str(run.slot))
-        strays = [name for name in os.listdir(slot_root) if name not in active]
-        if strays:
-            raise Tainted(f"unexpected entries in {slot_root}: {strays[:5]}")
-        active_uids = {other.uid for other in self.runs.values()} | {d.uid for d in self.drivers.values()}
+        wipe(program.scratch, deadline)
+        known = {str(p.uid) for p in self.programs.values()}
+        for slot in range(self.slots):
+            root = os.path.join(SCRATCH_ROOT, str(slot))
+            strays = [name for name in os.listdir(root) if name not in known]
+            if strays:
+                raise Tainted(f"unexpected entries in {root}: {strays[:5]}")
+        live = {p.uid for p in self.programs.values()}
+        judges = {JUDGE_UID + slot for slot in range(self.slots)}
         if os.path.isdir(SHM):
             for entry in os.scandir(SHM):
-                if entry.stat(follow_symlinks=False).st_uid in active_uids:
-                    continue  # another slot's sample is using it
+                if entry.stat(follow_symlinks=False).st_uid in live:
+                    continue  # another sample's running program is using it
                 found.append(f"left {entry.path} (removed)")
                 if entry.is_dir(follow_symlinks=False):
                     wipe(entry.path, deadline)
@@ -641,27 +857,27 @@ class Supervisor:
         ipc = sysv_ipc_objects()
         if ipc:
             raise Tainted(f"a sample left {', '.join(ipc)}: this sandbox is discarded")
-        strays_p = [pid for pid, (uid, state, _) in process_table().items()
-                    if uid != 0 and uid not in active_uids and state not in "ZX"]
+        strays_p = [pid for pid, seen in process_table().items()
+                    if seen.uid != 0 and seen.uid not in live and seen.uid not in judges and seen.state not in "ZX"]
         if strays_p:
-            raise Tainted(f"{len(strays_p)} process(es) of earlier samples outlived their sweep")
+            raise Tainted(f"{len(strays_p)} process(es) of earlier programs outlived their sweep")
         return found
 
 
 def main() -> None:
     hardening.make_unreachable()
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # a sample that dies before reading its program: EPIPE, not death
-    supervisor = Supervisor()  # forks the zygote before any secret reaches this process
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # a program that dies before reading its input: EPIPE, not death
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
-    hello = protocol.read_frame(stdin)
-    if not hello or hello.get("op") != "hello":
-        raise SystemExit("expected a hello frame")
-    key = bytes.fromhex(hello["key"])
+    frame = protocol.read_frame(stdin)
+    hello = messages.from_dict(messages.Hello, frame)
+    key = bytes.fromhex(hello.key)
 
     def send(message: Any) -> None:
         stdout.write(protocol.pack(messages.to_dict(message), key))
         stdout.flush()
 
+    # The zygote is forked after the key arrived, but exec replaces its memory image at once.
+    supervisor = Supervisor(hello.limits, hello.slots)
     send(messages.Ready(op="ready", kernel=os.uname().release, python=sys.version.split()[0]))
     while True:
         frame = protocol.read_frame(stdin)
@@ -675,11 +891,15 @@ def main() -> None:
         try:
             reply = supervisor.run_batch(request)
         except Tainted as exc:
-            send(messages.Failure(op="error", message=f"sandbox integrity: {exc}"))
+            send(messages.Failure(op="error", message=clean(f"sandbox integrity: {exc}", 1000)))
             return
         send(reply)
         if not reply.healthy:
             return
+        while not select.select([stdin], [], [], 0)[0]:  # between batches: finish forking spares
+            if not supervisor.pending:
+                break
+            supervisor.step(block=True)
 
 
 if __name__ == "__main__":

@@ -71,28 +71,37 @@ class Unsupported:
 
 
 class _Budget:
-    __slots__ = ("items",)
+    __slots__ = ("items", "refused")
 
     def __init__(self) -> None:
         self.items = 0
+        self.refused: list[str] = []
 
 
 # -- encoding (runs in the sample's process) ---------------------------------------------------------
-def encode(value: Any, refs: Callable[[Any], int | None] | None = None) -> Any:
-    """Encode ``value``; ``refs`` may turn objects of program-defined classes into handles."""
-    return _encode(value, 0, _Budget(), refs)
+def encode(value: Any, refs: Callable[[Any], int | None] | None = None, refused: list[str] | None = None) -> Any:
+    """Encode ``value``; ``refs`` may turn objects of program-defined classes into handles.
+
+    What the codec refuses is encoded as ``unsupported``, and described in ``refused`` if given."""
+    budget = _Budget()
+    encoded = _encode(value, 0, budget, refs)
+    if refused is not None:
+        refused.extend(budget.refused)
+    return encoded
 
 
-def _unsupported(description: str) -> dict[str, Any]:
+def _unsupported(description: str, budget: _Budget | None = None) -> dict[str, Any]:
+    if budget is not None and len(budget.refused) < 8:
+        budget.refused.append(description)
     return {"t": "unsupported", "v": description[:200]}
 
 
 def _encode(value: Any, depth: int, budget: _Budget, refs: Any) -> Any:
     budget.items += 1
     if depth > MAX_DEPTH:
-        return _unsupported(f"a value nested deeper than {MAX_DEPTH} levels")
+        return _unsupported(f"a value nested deeper than {MAX_DEPTH} levels", budget)
     if budget.items > MAX_ITEMS:
-        return _unsupported(f"a value with more than {MAX_ITEMS} items")
+        return _unsupported(f"a value with more than {MAX_ITEMS} items", budget)
     kind = type(value)
     if value is None or kind is bool:
         return {"t": "atom", "v": value}
@@ -119,7 +128,7 @@ def _encode(value: Any, depth: int, budget: _Budget, refs: Any) -> Any:
             factory = value.default_factory
             name = "None" if factory is None else getattr(factory, "__name__", "")
             if _DEFAULT_FACTORIES.get(name, False) is not factory:
-                return _unsupported("a defaultdict whose default factory is not a builtin type")
+                return _unsupported("a defaultdict whose default factory is not a builtin type", budget)
             encoded["factory"] = name
         return encoded
     if kind is range:
@@ -138,14 +147,14 @@ def _encode(value: Any, depth: int, budget: _Budget, refs: Any) -> Any:
     handle = refs(value) if refs is not None else None
     if handle is not None:
         return {"t": "ref", "v": handle, "type": kind.__qualname__[:100]}
-    return _unsupported(f"a value of type {kind.__module__}.{kind.__qualname__}")
+    return _unsupported(f"a value of type {kind.__module__}.{kind.__qualname__}", budget)
 
 
 def _encode_iterator(value: Any, depth: int, budget: _Budget, refs: Any) -> Any:
     items = []
     for item in value:  # the program's own code may run here, in its own process and time
         if budget.items > MAX_ITEMS:
-            return _unsupported(f"an iterator of more than {MAX_ITEMS} items")
+            return _unsupported(f"an iterator of more than {MAX_ITEMS} items", budget)
         items.append(_encode(item, depth + 1, budget, refs))
     return {"t": "generator" if type(value).__name__ == "generator" else "iterator", "v": items}
 

@@ -1,7 +1,8 @@
 """Fork server inside the sandbox (stdlib only): a warm interpreter that forks every child process.
 
 Starting ``python3`` and importing the harness costs ~40 ms of CPU under gVisor; a fork of this
-warm process costs ~15 ms. The zygote runs as root with the capabilities to switch users, is
+warm process costs ~15 ms, and the supervisor asks for forks ahead of need (spare processes), so
+that cost is mostly paid while other samples run. The zygote runs as root with the capabilities to switch users, is
 non-dumpable, and is started by the supervisor with a fresh memory image (it never holds the
 supervisor's key). It never receives a program, a test or an expected value: each child gets its
 payload through its own boot pipe from the supervisor after the fork, so no child can find
@@ -84,7 +85,7 @@ def child(request: messages.ForkRequest, fds: list[int]) -> None:
         set_limits(request.rlimits)
         hardening.restrict_syscalls()
         random.seed()                   # each child gets fresh randomness, not the zygote's state
-        if request.kind == "sample":
+        if request.kind == "program":
             sample.main()
         else:
             driver.main()
@@ -109,10 +110,11 @@ def child(request: messages.ForkRequest, fds: list[int]) -> None:
 def spawn(request: messages.ForkRequest, control: socket.socket) -> None:
     devnull = os.open(os.devnull, os.O_RDONLY)
     boot = os.pipe()
-    if request.kind == "sample":
-        requests, replies, out, err = os.pipe(), os.pipe(), os.pipe(), os.pipe()
-        child_fds = [devnull, out[1], err[1], boot[0], requests[0], replies[1]]
-        parent_fds = [boot[1], requests[1], replies[0], out[0], err[0]]
+    if request.kind == "program":
+        stdin, requests, replies, out, err = os.pipe(), os.pipe(), os.pipe(), os.pipe(), os.pipe()
+        child_fds = [stdin[0], out[1], err[1], boot[0], requests[0], replies[1]]
+        parent_fds = [stdin[1], boot[1], requests[1], replies[0], out[0], err[0]]
+        os.close(devnull)
     else:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         for end in (ours, theirs):

@@ -25,7 +25,7 @@ def calls_of(source: str, method: str) -> list[tuple[int, bool]]:
 def test_each_assert_is_one_test_named_by_its_source() -> None:
     plan = plan_check("def check(candidate):\n    assert candidate(1) == 2\n    assert candidate(2) == 4, 'x'\n", "f")
     assert plan.names == ("#1 assert candidate(1) == 2", "#2 assert candidate(2) == 4, 'x'")
-    assert plan.form == "check" and plan.program_names == ("f",)
+    assert plan.tests.form == "check" and plan.tests.program_names == ("f",)
 
 
 def test_asserts_directly_in_check_continue_and_nested_ones_raise() -> None:
@@ -47,7 +47,7 @@ def check(candidate):
         assert candidate(2) == 2   # 5: an if is fine: continues
 """
     plan = plan_check(source, "f")
-    unit = plan.units[0].source
+    unit = plan.tests.units[0].source
     assert dict(calls_of(unit, "failed")) == {0: True, 1: False, 2: True, 3: True, 4: True, 5: False}
     assert len(plan.names) == 6
     compile(unit, "<test>", "exec")  # the instrumented program is valid Python
@@ -57,7 +57,7 @@ def test_every_humaneval_test_program_plans() -> None:
     total = 0
     for problem in read_problems().values():
         plan = plan_check(problem["test"], problem["entry_point"], problem["prompt"])
-        compile(plan.units[0].source, "<test>", "exec")
+        compile(plan.tests.units[0].source, "<test>", "exec")
         total += len(plan.names)
     assert total > 164  # every program has at least one assert, most several
 
@@ -66,15 +66,15 @@ def test_names_come_from_the_prompt_before_the_program() -> None:
     prompt = "def poly(xs, x):\n    return sum(xs)\ndef find_zero(xs):\n    '''doc'''\n"
     check = "def check(candidate):\n    assert poly([1], candidate([1])) == 0\n    assert helper(1)\n"
     plan = plan_check(check, "find_zero", prompt)
-    assert plan.program_names == ("find_zero", "helper")  # poly is the trusted prompt's; helper must be the program's
+    assert plan.tests.program_names == ("find_zero", "helper")  # poly is the trusted prompt's; helper must be the program's
 
 
 def test_snippets_are_tests_of_their_own_and_run_unchanged() -> None:
     plan = plan_snippets([("small", "assert square(3) == 9"), ("neg", "assert square(-2) == 4 and cube(1) == 1")],
                          "square")
-    assert plan.names == ("small", "neg") and plan.form == "snippets"
-    assert [u.source for u in plan.units] == ["assert square(3) == 9", "assert square(-2) == 4 and cube(1) == 1"]
-    assert plan.program_names == ("square", "cube")
+    assert plan.names == ("small", "neg") and plan.tests.form == "snippets"
+    assert [u.source for u in plan.tests.units] == ["assert square(3) == 9", "assert square(-2) == 4 and cube(1) == 1"]
+    assert plan.tests.program_names == ("square", "cube")
 
 
 @pytest.mark.parametrize("source, problem", [

@@ -1,0 +1,174 @@
+"""Named output comparisons, for stdio cases and call-based cases (stdlib only; the driver runs them).
+
+A comparator answers ``(passed, why)``: ``why`` is a short explanation when it did not pass. A new
+comparison is a new entry in ``STDIO`` or ``CALLS``. Peer tools compare differently, and their
+rules are here under their own names so a paper's numbers can be reproduced:
+
+* ``exact``: byte for byte (after decoding as UTF-8).
+* ``lines``: trailing whitespace on each line and trailing blank lines ignored (most online judges).
+* ``tokens``: the whitespace-separated tokens are equal.
+* ``float``: tokens equal, or both numbers within ``tolerance`` (absolute or relative).
+* ``apps``: the APPS reference harness's rules (hendrycks/apps ``eval/testing_util.py``), in order:
+  whole outputs equal after stripping; lines equal after dropping empty ones and stripping each;
+  every line a float and ``numpy.allclose``; each line's *set* of tokens equal (order within a line
+  and duplicates ignored), also after rounding numbers to 3 decimals.
+* ``livecodebench``: LiveCodeBench's rules (``lcb_runner/evaluation/testing_util.py``): outputs
+  stripped, split into lines, each line stripped; same number of lines; each line equal, or all
+  its tokens parse as decimals and the decimals are equal.
+
+Call-based: ``exact`` (``==`` with exact types, after a returned tuple becomes a list, as both
+reference harnesses do), ``apps`` (also accepts the expected value unwrapped from its one-element
+list, and a list of tuples against lists), ``livecodebench`` (``==`` after tuple -> list).
+"""
+
+from __future__ import annotations
+
+import decimal
+import math
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable
+
+Verdict = tuple  # (passed: bool, why: str)
+
+
+def _short(text: str, limit: int = 60) -> str:
+    text = text.replace("\n", "\\n")
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _first_difference(got: list[str], want: list[str]) -> str:
+    for line, (a, b) in enumerate(zip(got, want), start=1):
+        if a != b:
+            return f"line {line}: got {_short(a)!r}, expected {_short(b)!r}"
+    return f"got {len(got)} line(s), expected {len(want)}"
+
+
+def exact(output: str, expected: str, tolerance: float) -> Verdict:
+    if output == expected:
+        return True, ""
+    return False, _first_difference(output.split("\n"), expected.split("\n"))
+
+
+def _judge_lines(text: str) -> list[str]:
+    lines = [line.rstrip() for line in text.split("\n")]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+def lines(output: str, expected: str, tolerance: float) -> Verdict:
+    got, want = _judge_lines(output), _judge_lines(expected)
+    return (True, "") if got == want else (False, _first_difference(got, want))
+
+
+def tokens(output: str, expected: str, tolerance: float) -> Verdict:
+    got, want = output.split(), expected.split()
+    if got == want:
+        return True, ""
+    return False, _first_difference(got, want).replace("line", "token")
+
+
+def _close(a: str, b: str, tolerance: float) -> bool:
+    if a == b:
+        return True
+    try:
+        x, y = float(a), float(b)
+    except ValueError:
+        return False
+    if math.isnan(x) or math.isnan(y):
+        return math.isnan(x) and math.isnan(y)
+    if math.isinf(x) or math.isinf(y):
+        return x == y
+    return abs(x - y) <= tolerance or abs(x - y) <= tolerance * max(abs(x), abs(y))
+
+
+def floats(output: str, expected: str, tolerance: float) -> Verdict:
+    got, want = output.split(), expected.split()
+    if len(got) != len(want):
+        return False, f"got {len(got)} token(s), expected {len(want)}"
+    for index, (a, b) in enumerate(zip(got, want), start=1):
+        if not _close(a, b, tolerance):
+            return False, f"token {index}: got {_short(a)!r}, expected {_short(b)!r} (tolerance {tolerance:g})"
+    return True, ""
+
+
+def apps(output: str, expected: str, tolerance: float) -> Verdict:
+    got = output.splitlines()  # APPS captures the program's output as a list of lines
+    if "\n".join(got).strip() == expected.strip() or "\n".join(x.strip() for x in got).strip() == expected.strip():
+        return True, ""
+    if got == [expected]:
+        return True, ""
+    want = [x.strip() for x in expected.split("\n") if x]
+    if got == want:
+        return True, ""
+    got = [x for x in got if x]
+    if got == want:
+        return True, ""
+    try:
+        got_f, want_f = [float(x) for x in got], [float(x) for x in want]
+        if len(got_f) == len(want_f) and all(abs(a - b) <= 1e-08 + 1e-05 * abs(b) for a, b in zip(got_f, want_f)):
+            return True, ""
+    except ValueError:
+        pass
+    got_sets = {frozenset(x.split()) for x in got if x.split()}
+    want_sets = {frozenset(x.split()) for x in want}
+    if got_sets == want_sets:
+        return True, ""
+    try:
+        if {frozenset(round(float(t), 3) for t in s) for s in got_sets} == \
+                {frozenset(round(float(t), 3) for t in s) for s in want_sets}:
+            return True, ""
+    except ValueError:
+        pass
+    return False, _first_difference(got, want)
+
+
+def livecodebench(output: str, expected: str, tolerance: float) -> Verdict:
+    got = [line.strip() for line in output.strip().split("\n")]
+    want = [line.strip() for line in expected.strip().split("\n")]
+    if len(got) != len(want):
+        return False, f"got {len(got)} line(s), expected {len(want)}"
+    for index, (a, b) in enumerate(zip(got, want), start=1):
+        if a == b:
+            continue
+        try:
+            if [decimal.Decimal(t) for t in a.split()] == [decimal.Decimal(t) for t in b.split()]:
+                continue
+        except decimal.InvalidOperation:
+            pass
+        return False, f"line {index}: got {_short(a)!r}, expected {_short(b)!r}"
+    return True, ""
+
+
+STDIO: dict[str, Callable[[str, str, float], Verdict]] = {
+    "exact": exact, "lines": lines, "tokens": tokens, "float": floats, "apps": apps, "livecodebench": livecodebench,
+}
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def call_exact(result: Any, expected: Any) -> Verdict:
+    result = _plain(result)
+    return (True, "") if result == expected else (False, f"returned {_short(repr(result))}, expected {_short(repr(expected))}")
+
+
+def call_apps(result: Any, expected: Any) -> Verdict:
+    result = _plain(result)
+    if result == expected:
+        return True, ""
+    if isinstance(expected, list) and expected:
+        if result == expected[0]:
+            return True, ""
+        if isinstance(result, list) and result and isinstance(result[0], tuple) \
+                and [list(x) for x in result] == expected[0]:
+            return True, ""
+    return False, f"returned {_short(repr(result))}, expected {_short(repr(expected))}"
+
+
+CALLS: dict[str, Callable[[Any, Any], Verdict]] = {
+    "exact": call_exact, "apps": call_apps, "livecodebench": call_exact,
+}
