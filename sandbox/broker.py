@@ -31,7 +31,7 @@ from sandbox.models import JobResult, JobSpec, Verdict
 __all__ = ["QUEUES", "connect", "redact", "redis_problem", "queue", "enqueue_batch", "store_result", "pop_results",
            "known_result_ids", "cached_results", "renew_lease", "release_lease", "requeue_abandoned", "worker_key",
            "worker_alive", "WORKERS_SET", "LAST_SEEN", "verdict_key", "enqueued_key", "TOTALS", "DURATIONS", "DURATION_BUCKETS",
-           "WORKER_LAST", "TASK", "ALERTS", "report_alert", "alerts", "forget_worker"]
+           "WORKER_LAST", "TASK", "ALERTS", "report_alert", "alerts", "forget_worker", "batch_payload", "batch_jobs"]
 
 log = logging.getLogger(__name__)
 
@@ -174,12 +174,29 @@ def forget_worker(connection: redis.Redis, owner: str) -> None:
         pipe.execute()
 
 
+TEST_FIELDS = ("check", "tests", "stdio", "calls")
+
+
+def batch_payload(submission: str, result_ttl_s: int, jobs: list[JobSpec]) -> dict[str, Any]:
+    """A batch as it travels: the tests its jobs share are sent once, not once per job."""
+    shared = jobs[0].model_dump(mode="json", include=set(TEST_FIELDS), exclude_none=True)
+    return {"submission": submission, "result_ttl_s": result_ttl_s, "shared": shared,
+            "jobs": [job.model_dump(mode="json", exclude=set(TEST_FIELDS)) for job in jobs]}
+
+
+def batch_jobs(payload: dict[str, Any]) -> list[Any]:
+    """The raw jobs of a payload, each with the shared tests put back (still to be validated)."""
+    shared = payload.get("shared", {})
+    return [{**raw, **shared} if isinstance(raw, dict) else raw for raw in payload["jobs"]]
+
+
 def enqueue_batch(connection: redis.Redis, queue_name: str, submission: str, jobs: list[JobSpec],
                   timeout_s: float, result_ttl_s: int) -> str:
-    payload = {"submission": submission, "result_ttl_s": result_ttl_s,
-               "jobs": [job.model_dump(mode="json") for job in jobs]}
+    payload = batch_payload(submission, result_ttl_s, jobs)
+    # The worker's own deadlines come first; RQ's timeout is a last resort, wide enough for the worker to
+    # split a batch whose sandbox died and run its jobs alone, with retries.
     rq_job = queue(connection, queue_name).enqueue(
-        TASK, payload, job_id=f"batch-{uuid.uuid4().hex}", job_timeout=int(timeout_s) + QUEUE_TIMEOUT_MARGIN_S,
+        TASK, payload, job_id=f"batch-{uuid.uuid4().hex}", job_timeout=int(timeout_s * 4) + QUEUE_TIMEOUT_MARGIN_S,
         result_ttl=600, failure_ttl=24 * 3600,
         meta={"submission": submission, "samples": len(jobs), "expected_s": timeout_s})
     minute = int(time.time() // 60)
@@ -283,8 +300,9 @@ def _requeue(connection: redis.Redis, rq_queue: Queue, rq_job_id: str) -> str | 
         log.warning("abandoned batch %s cannot be read: %s", rq_job_id, exc)
         return None
     payload = old.args[0]
-    remaining = [j for j in payload["jobs"]
-                 if j["id"] not in known_result_ids(connection, payload["submission"], [j["id"]])]
+    raw_jobs = batch_jobs(payload)
+    done = known_result_ids(connection, payload["submission"], [j["id"] for j in raw_jobs])
+    remaining = [j for j in raw_jobs if j["id"] not in done]
     if not remaining:
         return None
     jobs = [JobSpec.model_validate(j) for j in remaining]

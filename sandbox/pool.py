@@ -15,7 +15,6 @@ from collections import defaultdict
 import docker
 
 from sandbox.container import Sandbox
-from sandbox.errors import SandboxError
 from sandbox.policy import Policy
 
 __all__ = ["SandboxPool"]
@@ -89,7 +88,7 @@ class SandboxPool:
         def start() -> None:
             try:
                 sandbox = self._new(policy, image)
-            except SandboxError as exc:  # the next acquire will try again and report the failure
+            except Exception as exc:  # noqa: BLE001 (a background start: the next acquire tries again and reports)
                 log.warning("could not pre-start a sandbox: %s", exc)
                 return
             with self._lock:

@@ -58,7 +58,7 @@ def run_batch(payload: dict[str, Any]) -> dict[str, Any]:
     rq_job = get_current_job()
     batch_id = rq_job.id if rq_job is not None else "local"
     submission, ttl = payload["submission"], int(payload["result_ttl_s"])
-    jobs, invalid = _validate(payload["jobs"], context.runner.planner)
+    jobs, invalid = _validate(broker.batch_jobs(payload), context.runner.planner)
     stored = Counter[str]()
 
     def store(result: JobResult, cache_key: str) -> None:
@@ -78,13 +78,19 @@ def run_batch(payload: dict[str, Any]) -> dict[str, Any]:
         for result in context.runner.iter_prepared(jobs):
             store(result, keys[result.job_id])
             finished.add(result.job_id)
-    except Exception as exc:  # a bug or a lost engine must not lose the rest of the batch
-        log.exception("batch %s failed", batch_id)
+    except Exception:  # a bug met on this batch: each job left gets one more chance alone, so one cannot sink all
+        log.exception("batch %s failed; running its unfinished jobs one at a time", batch_id)
+        context.counts["batches_failed"] += 1
         for prepared in jobs:
-            if prepared.job.id not in finished:
+            if prepared.job.id in finished:
+                continue
+            try:
+                for result in context.runner.iter_prepared([prepared]):
+                    store(result, keys[result.job_id])
+            except Exception as exc:
+                log.exception("job %s failed alone too", prepared.job.id)
                 store(JobResult(job_id=prepared.job.id, verdict=Verdict.infra_error, error=f"worker failure: {exc}",
                                 metadata=prepared.job.metadata), keys[prepared.job.id])
-        context.counts["batches_failed"] += 1
     finally:
         stop()
         context.current_batch = ""
@@ -94,12 +100,19 @@ def run_batch(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def _validate(raw_jobs: list[Any], planner: Planner) -> tuple[list[PreparedJob], list[JobResult]]:
-    """The payload is JSON out of Redis: validate and prepare each job once, here."""
+    """The payload is JSON out of Redis: validate and prepare each job once, here (shared tests: once)."""
     jobs, invalid = [], []
+    shared: dict[str, Any] = {}  # test field -> the model validated for the first job, reused by the rest
     for raw in raw_jobs:
         job_id = str(raw.get("id", "unknown")) if isinstance(raw, dict) else "unknown"
         try:
-            jobs.append(planner.prepare(JobSpec.model_validate(raw)))
+            if isinstance(raw, dict) and shared and all(raw.get(f) is value or raw.get(f) == value
+                                                        for f, (value, _) in shared.items()):
+                raw = {**raw, **{f: model for f, (_, model) in shared.items()}}
+            job = JobSpec.model_validate(raw)
+            if not shared and isinstance(raw, dict):
+                shared = {f: (raw[f], getattr(job, f)) for f in broker.TEST_FIELDS if raw.get(f) is not None}
+            jobs.append(planner.prepare(job))
         except ValidationError as exc:
             invalid.append(JobResult(job_id=job_id, verdict=Verdict.error, error=f"invalid job: {validation_reasons(exc)}"))
         except JobValidationError as exc:

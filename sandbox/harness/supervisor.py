@@ -482,6 +482,10 @@ class Supervisor:
         else:
             self.spare_drivers[what] = Driver(what, message.pid, fds)
 
+    def pending_uids(self) -> set[int]:
+        """Uids of program processes asked for and not yet announced (their scratch already exists)."""
+        return {what[0] for kind, what, _ in self.pending.values() if kind == "program"}
+
     def take_spare(self) -> Program | None:
         """A spare program process that is still alive, or None (one more is asked for either way)."""
         while self.spares:
@@ -837,13 +841,13 @@ class Supervisor:
         found = []
         deadline = time.monotonic() + WIPE_DEADLINE_S
         wipe(program.scratch, deadline)
-        known = {str(p.uid) for p in self.programs.values()}
+        known = {str(p.uid) for p in self.programs.values()} | {str(uid) for uid in self.pending_uids()}
         for slot in range(self.slots):
             root = os.path.join(SCRATCH_ROOT, str(slot))
             strays = [name for name in os.listdir(root) if name not in known]
             if strays:
                 raise Tainted(f"unexpected entries in {root}: {strays[:5]}")
-        live = {p.uid for p in self.programs.values()}
+        live = {p.uid for p in self.programs.values()} | self.pending_uids()
         judges = {JUDGE_UID + slot for slot in range(self.slots)}
         if os.path.isdir(SHM):
             for entry in os.scandir(SHM):

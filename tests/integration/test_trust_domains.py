@@ -9,6 +9,7 @@ capabilities), the test driver (a judge uid), and each sample (a fresh uid of it
 from __future__ import annotations
 
 import json
+import re
 
 import docker
 import pytest
@@ -477,3 +478,165 @@ def f(a, b):
     [attacker] = with_innocents(runner, job(bomb, ADD_CHECK))
     assert attacker.verdict in (Verdict.error, Verdict.timeout, Verdict.failed), attacker
     assert attacker.verdict is not Verdict.infra_error
+
+
+# -- 9. found by an adversarial review -------------------------------------------------------------
+def test_the_driver_never_imports_a_module_the_sample_names(runner: Runner) -> None:
+    # Importing venv.__main__ runs sys.exit(): if the trusted driver imported it on the sample's word, it would die.
+    attacker = "import types\nf = types.ModuleType('venv.__main__')\n"
+    [result] = with_innocents(runner, job(attacker, ADD_CHECK))
+    assert result.verdict is Verdict.failed, result  # the module is refused where the test calls it
+    assert "driver died" not in result.error and all("a module" in t.message for t in result.tests), result
+
+
+def test_samples_cannot_create_namespaces_or_mount(runner: Runner) -> None:
+    probe = r"""
+import ctypes, json, os
+libc = ctypes.CDLL(None, use_errno=True)
+flags = {'user': 0x10000000, 'mount': 0x00020000, 'ipc': 0x08000000, 'pid': 0x20000000, 'net': 0x40000000}
+done = [name for name, flag in flags.items() if libc.unshare(flag) == 0]
+if libc.mount(b'none', b'.', b'tmpfs', 0, None) == 0:
+    done.append('mount')
+mq = libc.mq_open(b'/probe', os.O_CREAT | os.O_RDWR, 0o600, None)
+if mq != -1:
+    done.append('mq_open')
+pid = os.fork()  # plain fork still works (clone without CLONE_NEW*; clone3 falls back)
+if pid == 0:
+    os._exit(7)
+print(json.dumps({'done': done, 'child': os.waitpid(pid, 0)[1] >> 8}))
+def f(a, b):
+    return a + b
+"""
+    [result] = with_innocents(runner, job(probe, ADD_CHECK))
+    assert result.verdict is Verdict.passed, result
+    assert report(result) == {"done": [], "child": 7}
+
+
+def test_cpu_of_many_short_children_is_counted(runner: Runner) -> None:
+    spread = """
+import os, time
+def burn(seconds):
+    start = time.process_time()
+    while time.process_time() - start < seconds:
+        pass
+def f(a, b):
+    for _ in range(60):
+        pid = os.fork()
+        if pid == 0:
+            burn(0.03)  # each child lives less than one CPU poll
+            os._exit(0)
+        os.waitpid(pid, 0)
+    return a + b
+"""
+    [attacker] = with_innocents(runner, job(spread, ADD_CHECK))
+    assert attacker.verdict is Verdict.timeout, attacker
+    assert attacker.cpu_time_s is not None and attacker.cpu_time_s >= 3.0
+
+
+def test_a_test_argument_that_looks_like_a_marker_is_just_a_string(runner: Runner) -> None:
+    check = "def check(candidate):\n    assert candidate('unsupported') == 11\n    assert candidate('\"t\"') == 3\n"
+    [result] = runner.run([job("def f(s):\n    return len(s)\n", check)])
+    assert result.verdict is Verdict.passed, result
+
+
+# -- 10. stdio and call-based cases -------------------------------------------------------------------
+STDIO = {"cases": [{"input": "1 2\n", "output": "3\n"}, {"input": "5 7\n", "output": "12\n"},
+                   {"input": "-1 1\n", "output": "0\n"}]}
+SUM = "a, b = map(int, input().split())\nprint(a + b)\n"
+
+
+def stdio_job(program: str, **fields: object) -> JobSpec:
+    return JobSpec(program=program, stdio={**STDIO, **fields}, policy="stdio")  # type: ignore[arg-type]
+
+
+def with_stdio_innocents(runner: Runner, *attackers: JobSpec) -> list[JobResult]:
+    results = runner.run([*attackers, stdio_job(SUM), stdio_job("a, b = map(int, input().split())\nprint(a * b)\n")])
+    good, wrong = results[-2:]
+    assert good.verdict is Verdict.passed, good
+    assert [t.status for t in wrong.tests] == [TestStatus.failed, TestStatus.failed, TestStatus.failed], wrong
+    return results[:-2]
+
+
+def test_stdio_programs_never_see_the_expected_output(runner: Runner) -> None:
+    snoop = r"""
+import gc, os, sys
+data = sys.stdin.read()
+found = []
+for root in ('/proc/self', '/proc/1', '/scratch', '/tmp', '/dev/shm'):
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            try:
+                with open(os.path.join(dirpath, name), 'rb') as handle:
+                    if b'EXPECTED-SECRET' in handle.read(1 << 20):
+                        found.append(os.path.join(dirpath, name))
+            except OSError:
+                pass
+found += [o for o in gc.get_objects() if isinstance(o, str) and 'EXPECTED-SECRET' in o and o != 'EXPECTED-SECRET'[:0]]
+print(found)
+"""
+    job_ = JobSpec(program=snoop.replace("'EXPECTED-SECRET' in o and o != 'EXPECTED-SECRET'[:0]",
+                                         "'EXPECTED-' + 'SECRET' in o"),
+                   stdio={"cases": [{"input": "x\n", "output": "EXPECTED-SECRET\n"}]}, policy="default")
+    [result] = runner.run([job_])
+    assert result.verdict is Verdict.failed and "got '[]'" in result.tests[0].message, result
+
+
+def test_each_stdio_case_is_a_fresh_process_with_a_fresh_uid(runner: Runner) -> None:
+    program = ("import os, sys\nsys.stdin.read()\nopen('mark', 'w').write('x')\n"
+               "print(os.getuid(), os.path.exists('../mark'), sorted(os.listdir('.')))\n")
+    [result] = runner.run([stdio_job(program)])
+    assert all(t.status is TestStatus.failed for t in result.tests)
+    uids = [re.search(r"got .(\d+) ", t.message).group(1) for t in result.tests]  # type: ignore[union-attr]
+    assert len(set(uids)) == 3 and all("['mark']" in t.message for t in result.tests), result.tests
+
+
+@pytest.mark.parametrize("program, status, reason", [
+    ("print(\n", None, "SyntaxError"),
+    ("raise SystemExit(3)\n", TestStatus.error, "exit status 3"),
+    ("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n", TestStatus.error, "signal 11"),
+    ("while True:\n    pass\n", TestStatus.timeout, "CPU time limit"),
+    ("import sys\nsys.stdout.write('y' * (8 << 20))\n", TestStatus.output_limit, "output limit"),
+    ("x = []\nwhile True:\n    x.append(bytearray(1 << 24))\n", TestStatus.memory_limit, "memory"),
+    ("input()\ninput()\n", TestStatus.error, "EOFError"),
+    ("import os\nos.write(1, b'3\\n')\nos.kill(1, 9)\n", TestStatus.error, "PermissionError"),
+])
+def test_stdio_failures_are_judged_case_by_case(runner: Runner, program: str, status: TestStatus | None,
+                                               reason: str) -> None:
+    [result] = with_stdio_innocents(runner, stdio_job(program, comparator="tokens"))
+    assert result.verdict is not Verdict.passed and result.verdict is not Verdict.infra_error
+    if status is None:  # it never compiled: the program's own error, no case ran
+        assert result.verdict is Verdict.error and reason in result.error, result
+    else:
+        assert all(t.status is status and reason in t.message for t in result.tests), result.tests
+
+
+def test_a_checker_accepts_any_correct_answer(runner: Runner) -> None:
+    checker = ("def check(input, output, expected):\n    a, b = map(int, input.split())\n"
+               "    x, y = map(int, output.split())\n    return (x + y == a + b, 'not a pair summing to a + b')\n")
+    cases = {"cases": [{"input": "3 4\n"}, {"input": "10 -2\n"}], "checker": checker}
+    honest = "a, b = map(int, input().split())\nprint(a + b, 0)\n"
+    other = "a, b = map(int, input().split())\nprint(a, b)\n"
+    wrong = "print(1, 1)\n"
+    results = runner.run([JobSpec(program=p, stdio=cases, policy="humaneval") for p in (honest, other, wrong)])  # type: ignore[arg-type]
+    assert [r.verdict for r in results] == [Verdict.passed, Verdict.passed, Verdict.failed], results
+    assert "not a pair" in results[2].tests[1].message
+
+
+def test_stop_at_the_first_failing_case(runner: Runner) -> None:
+    [result] = runner.run([stdio_job("a, b = map(int, input().split())\nprint(a + b if a > 0 else 99)\n")])
+    assert [t.status.value for t in result.tests] == ["passed", "passed", "failed"]
+    [stopped] = runner.run([stdio_job("print(99)\n").model_copy(update={"stop_on_first_failure": True})])
+    assert [t.status.value for t in stopped.tests] == ["failed", "not_run", "not_run"], stopped.tests
+
+
+def test_call_based_cases_with_leetcode_classes(runner: Runner) -> None:
+    calls = {"fn_name": "twoSum", "class_name": "Solution", "comparator": "apps",
+             "cases": [{"args": [[2, 7, 11, 15], 9], "expected": [[0, 1]]}, {"args": [[3, 2, 4], 6], "expected": [[1, 2]]}]}
+    right = ("class Solution:\n    def twoSum(self, nums, target):\n        seen = {}\n"
+             "        for i, n in enumerate(nums):\n            if target - n in seen:\n"
+             "                return (seen[target - n], i)\n            seen[n] = i\n")
+    forger = ("class Solution:\n    def twoSum(self, nums, target):\n        class Eq:\n"
+              "            def __eq__(s, o): return True\n        return Eq()\n")
+    results = runner.run([JobSpec(program=p, calls=calls, policy="humaneval") for p in (right, forger)])  # type: ignore[arg-type]
+    assert results[0].verdict is Verdict.passed, results[0]  # a tuple counts as the list APPS expects
+    assert results[1].verdict is Verdict.failed and all(t.status is TestStatus.error for t in results[1].tests)
