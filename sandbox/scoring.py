@@ -9,11 +9,10 @@ A sample counts as passing only if its verdict is ``passed``. Samples whose verd
 from __future__ import annotations
 
 import random
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable
 
-__all__ = ["pass_at_k", "Outcome", "PassAtK", "Score", "score", "ranked_pass_at_1"]
+__all__ = ["pass_at_k", "Outcome", "PassAtK", "Score", "score", "ranked_pass_at_1", "Tally", "filtered_pass_at_k"]
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -55,22 +54,61 @@ class Score:
     per_problem: dict[str, tuple[int, int]]  # task_id -> (n, c), infra errors excluded
     infra_errors: int
     ranked_pass_at_1: float | None
+    filtered: list[PassAtK] = field(default_factory=list)  # over samples that pass the public examples
+    timeouts: int = 0          # samples that failed no test but ran out of time (the Codex paper counts them apart)
 
 
 def score(outcomes: Iterable[Outcome], ks: list[int], bootstrap: int = 1000, seed: int = 0) -> Score:
-    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    infra = 0
-    outcome_list = list(outcomes)
-    for outcome in outcome_list:
+    tally = Tally()
+    for outcome in outcomes:
+        tally.add(outcome)
+    return tally.score(ks, bootstrap, seed)
+
+
+class Tally:
+    """Running counts per problem: enough for pass@k, filtered pass@k and ranked pass@1 over any number
+    of samples, in memory that grows with the problems, not the samples."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, list[int]] = {}      # task -> [n, c, n passing public, c among those]
+        self.best: dict[str, tuple[float, bool]] = {}  # task -> (highest mean log-probability, that sample passed)
+        self.infra = 0
+        self.timeouts = 0
+        self.has_public = False
+
+    def add(self, outcome: Outcome, passed_public: bool | None = None, timed_out: bool = False) -> None:
+        row = self.counts.setdefault(outcome.task_id, [0, 0, 0, 0])
         if outcome.infra_error:
-            infra += 1
-            counts.setdefault(outcome.task_id, [0, 0])
-            continue
-        counts[outcome.task_id][0] += 1
-        counts[outcome.task_id][1] += outcome.passed
-    per_problem = {task: (n, c) for task, (n, c) in counts.items()}
-    table = [_row(per_problem, k, bootstrap, seed) for k in ks]
-    return Score(table, per_problem, infra, ranked_pass_at_1(outcome_list))
+            self.infra += 1
+            return
+        row[0] += 1
+        row[1] += outcome.passed
+        self.timeouts += timed_out
+        if passed_public is not None:
+            self.has_public = True
+            row[2] += passed_public
+            row[3] += passed_public and outcome.passed
+        if outcome.mean_logp is not None:
+            current = self.best.get(outcome.task_id)
+            if current is None or outcome.mean_logp > current[0]:
+                self.best[outcome.task_id] = (outcome.mean_logp, outcome.passed)
+
+    def score(self, ks: list[int], bootstrap: int = 1000, seed: int = 0) -> Score:
+        per_problem = {task: (n, c) for task, (n, c, _, _) in self.counts.items()}
+        table = [_row(per_problem, k, bootstrap, seed) for k in ks]
+        filtered = [filtered_pass_at_k({t: (r[2], r[3]) for t, r in self.counts.items() if r[0]}, k)
+                    for k in ks] if self.has_public else []
+        ranked = sum(p for _, p in self.best.values()) / len(self.best) if self.best else None
+        return Score(table, per_problem, self.infra, ranked, filtered, self.timeouts)
+
+
+def filtered_pass_at_k(per_problem: dict[str, tuple[int, int]], k: int) -> PassAtK:
+    """The Codex paper's APPS protocol: keep the samples that pass the public examples; a problem counts
+    pass@k over them (all of them when fewer than k are left), and 0 when none is left."""
+    values = []
+    for n, c in per_problem.values():
+        values.append(pass_at_k(n, c, min(k, n)) if n else 0.0)
+    return PassAtK(k, sum(values) / len(values) if values else None, len(values), None)
 
 
 def _row(per_problem: dict[str, tuple[int, int]], k: int, bootstrap: int, seed: int) -> PassAtK:
@@ -92,13 +130,7 @@ def _bootstrap(values: list[float], rounds: int, seed: int) -> tuple[float, floa
 
 def ranked_pass_at_1(outcomes: list[Outcome]) -> float | None:
     """The paper's heuristic: per problem, does the sample with the highest mean log-probability pass?"""
-    best: dict[str, Outcome] = {}
+    tally = Tally()
     for outcome in outcomes:
-        if outcome.mean_logp is None or outcome.infra_error:
-            continue
-        current = best.get(outcome.task_id)
-        if current is None or outcome.mean_logp > (current.mean_logp or float("-inf")):
-            best[outcome.task_id] = outcome
-    if not best:
-        return None
-    return sum(o.passed for o in best.values()) / len(best)
+        tally.add(outcome)
+    return tally.score([]).ranked_pass_at_1

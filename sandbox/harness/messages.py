@@ -89,6 +89,7 @@ class StdioTests:
     comparator: str
     float_tolerance: float
     checker: Optional[str]             # Python source of a special judge: check(input, output, expected)
+    apps_wrap: bool = False            # a program that does not compile is tried as APPS runs it: in a function
 
 
 Tests = Union[FunctionTests, CallTests, StdioTests]
@@ -287,6 +288,7 @@ class ProgramBoot:
     mode: Literal["serve", "run"]      # serve: answer the driver's calls; run: run once on stdin (stdio)
     source: str
     cpu_s: int                         # RLIMIT_CPU for this process (the run's own limit)
+    apps_wrap: bool = False            # run: if it does not compile, try it as APPS's harness would
 
 
 # -- building messages from JSON inside the sandbox (trusted senders) ------------------------------

@@ -149,19 +149,33 @@ def main() -> None:
     if boot["cpu_s"]:
         resource.setrlimit(resource.RLIMIT_CPU, (boot["cpu_s"], boot["cpu_s"] + 1))
     if boot["mode"] == "run":
-        run(boot["source"])
+        run(boot["source"], boot.get("apps_wrap") is True)
     else:
         serve(boot["source"])
 
 
-def run(source: str) -> None:
+def apps_wrapped(source: str) -> str:
+    """The program as the APPS harness runs it: import lines kept, every other line the body of ``code()``."""
+    body = [line if line.startswith(("from ", "import ")) else "\t" + line for line in source.split("\n")]
+    first = next((i for i, line in enumerate(body) if line.startswith("\t")), len(body))
+    return "\n".join([*body[:first], "stdin = sys.stdin", "stdout = sys.stdout", "def code():",
+                      *[("\t" + line if line.startswith(("from ", "import ")) else line) for line in body[first:]],
+                      "code()", ""])
+
+
+def run(source: str, apps_wrap: bool = False) -> None:
     """Run the program once, as a judge would: its exit status is what `python3 main.py` would give.
 
     Whether it compiles is said on fd 5 before any of it runs (so that report is the harness's own),
     then fds 4 and 5 are closed."""
     os.close(REQUEST_FD)
     try:
-        code_object = compile(source, "main.py", "exec")
+        try:
+            code_object = compile(source, "main.py", "exec")
+        except SyntaxError:
+            if not apps_wrap:
+                raise
+            code_object = compile(apps_wrapped(source), "main.py", "exec")
     except BaseException as exc:  # SyntaxError, or a program too deeply nested to compile
         error = describe(exc)
         _write_frame(REPLY_FD, _dumps({"ok": False, "error": f"{error['type']}: {error['message']}\n"

@@ -311,11 +311,12 @@ class Program:
         self.limit = ""                # which limit stopped it
         self.stopped_at = 0.0
 
-    def boot(self, mode: str, source: str, cpu_s: float, wall_s: float, stdin: bytes, out_cap: int) -> None:
+    def boot(self, mode: str, source: str, cpu_s: float, wall_s: float, stdin: bytes, out_cap: int,
+             apps_wrap: bool = False) -> None:
         self.started = time.monotonic()
         self.cpu_limit, self.wall_limit = cpu_s, wall_s
         self.out.cap = out_cap
-        boot = messages.ProgramBoot(mode=mode, source=source, cpu_s=int(cpu_s) + 1)  # type: ignore[arg-type]
+        boot = messages.ProgramBoot(mode=mode, source=source, cpu_s=int(cpu_s) + 1, apps_wrap=apps_wrap)  # type: ignore[arg-type]
         stdin_fd, boot_fd = self.unbooted
         self.unbooted = []
         self.writers = [Writer(boot_fd, framed(json.dumps(messages.to_dict(boot)).encode())), Writer(stdin_fd, stdin)]
@@ -665,9 +666,10 @@ class Supervisor:
         cpu_left = limits.cpu_time_s - run.cpu_done
         wall_left = run.started + limits.wall_time_s - time.monotonic()
         run.case = index
+        tests = self.request.tests
         program.boot("run", run.sample.source, max(0.01, min(limits.case_cpu_time_s, cpu_left)),
-                     max(0.01, min(limits.case_wall_time_s, wall_left)), self.request.tests.cases[index].input.encode(),
-                     limits.case_output_max_bytes)
+                     max(0.01, min(limits.case_wall_time_s, wall_left)), tests.cases[index].input.encode(),
+                     limits.case_output_max_bytes, tests.apps_wrap)
         program.run_alone()
         run.program = program
 

@@ -29,7 +29,8 @@ class CannedClient:
 
 
 def problem(task: str) -> Problem:
-    return Problem(task_id=task, prompt="def f():\n", test="def check(c):\n    assert c()\n", entry_point="f")
+    return Problem(task_id=task, prompt="def f():\n", check="def check(c):\n    assert c()\n", entry_point="f",
+                   continues_prompt=True)
 
 
 def test_infra_only_problems_are_undetermined_not_unsolvable() -> None:
