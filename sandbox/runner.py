@@ -67,6 +67,7 @@ class Runner:
         failures: dict[str, list[InfrastructureError]] = {p.job.id: [] for p in group}
         while batches:
             batch = batches.popleft()
+            started = time.monotonic()
             try:
                 reply, runtime, sandbox_id = self._execute(batch)
             except InfrastructureError as exc:
@@ -84,10 +85,11 @@ class Runner:
                 continue
             by_id = {p.job.id: p for p in batch}
             anomalies = () if reply.healthy else tuple(f"sandbox discarded after this batch: {a}" for a in reply.anomalies)
+            share = {"sandbox_s": round((time.monotonic() - started) / max(1, len(reply.samples)), 4)}
             for report in reply.samples:
                 prepared = by_id.pop(report.id)
                 yield to_result(prepared, report, runtime, sandbox_id, attempts=len(failures[prepared.job.id]) + 1,
-                                anomalies=anomalies)
+                                anomalies=anomalies, timings=share)
             if by_id:  # not started: the sandbox had to be discarded first
                 batches.append(list(by_id.values()))
 

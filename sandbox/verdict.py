@@ -19,14 +19,16 @@ MESSAGE_CHARS = 300
 
 
 def to_result(prepared: PreparedJob, report: SampleReport, runtime: str, sandbox_id: str = "",
-              attempts: int = 1, anomalies: tuple[str, ...] = ()) -> JobResult:
+              attempts: int = 1, anomalies: tuple[str, ...] = (), timings: dict[str, float] | None = None) -> JobResult:
     tests, verdict, error = _decide(prepared, report)
     return JobResult(
         job_id=prepared.job.id, verdict=verdict, tests=tests, error=error[:2000],
         stdout=report.stdout, stderr=report.stderr, stdout_truncated=report.stdout_truncated,
         stderr_truncated=report.stderr_truncated, wall_time_s=report.wall_s, cpu_time_s=report.cpu_s,
-        peak_memory_kib=report.max_rss_kib, runtime=runtime, sandbox_id=sandbox_id, attempts=attempts,
-        metadata=prepared.job.metadata, anomalies=(*report.leftovers, *anomalies))
+        peak_memory_kib=report.max_rss_kib, runtime=runtime,
+        time_limit=report.time_limit if verdict is Verdict.timeout else "", sandbox_id=sandbox_id, attempts=attempts,
+        metadata=prepared.job.metadata, anomalies=(*report.leftovers, *anomalies),
+        timings={**dict(report.timings), **(timings or {})})
 
 
 def whole_job_result(prepared: PreparedJob, verdict: Verdict, status: TestStatus, message: str,

@@ -305,7 +305,8 @@ def run_pool(concurrency: int, argv: list[str], health_port: int, settings: Sett
     while True:
         now = time.monotonic()
         for slot in slots:
-            if slot.process is not None and slot.process.poll() is not None and not stopping.is_set():
+            if slot.process is not None and slot.process.poll() is not None and not slot.given_up \
+                    and not stopping.is_set():  # (a given-up slot keeps its dead process: count that exit once)
                 message = slot.died(now)
                 if message is not None:
                     log.critical("%s", message)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from datetime import timezone
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -61,7 +62,11 @@ def run_batch(payload: dict[str, Any]) -> dict[str, Any]:
     jobs, invalid = _validate(broker.batch_jobs(payload), context.runner.planner)
     stored = Counter[str]()
 
+    queued_s = _queued_for(rq_job)
+
     def store(result: JobResult, cache_key: str) -> None:
+        if queued_s is not None:
+            result = result.model_copy(update={"timings": {**result.timings, "queue_s": queued_s}})
         if _with_redis_retry(lambda: broker.store_result(context.connection, submission, result, cache_key, ttl)):
             stored[result.verdict.value] += 1
             context.counts[result.verdict.value] += 1
@@ -97,6 +102,13 @@ def run_batch(payload: dict[str, Any]) -> dict[str, Any]:
         _with_redis_retry(lambda: broker.release_lease(context.connection, batch_id))
     context.counts["batches"] += 1
     return {"samples": len(payload["jobs"]), "stored": dict(stored)}
+
+
+def _queued_for(rq_job: Any) -> float | None:
+    """How long this batch waited in Redis before this worker took it."""
+    if rq_job is None or rq_job.enqueued_at is None:
+        return None
+    return round(max(0.0, time.time() - rq_job.enqueued_at.replace(tzinfo=timezone.utc).timestamp()), 4)
 
 
 def _validate(raw_jobs: list[Any], planner: Planner) -> tuple[list[PreparedJob], list[JobResult]]:

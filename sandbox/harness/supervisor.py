@@ -95,43 +95,67 @@ class Tainted(Exception):
 
 # -- processes, seen through /proc --------------------------------------------------------------
 class Seen:
-    """One process as the last /proc scan saw it."""
+    """One process as /proc/<pid>/stat shows it."""
 
-    __slots__ = ("uid", "state", "cpu", "reaped_cpu", "ppid")
+    __slots__ = ("state", "cpu", "reaped_cpu", "ppid")
 
-    def __init__(self, uid: int, state: str, cpu: float, reaped_cpu: float, ppid: int) -> None:
-        self.uid, self.state, self.cpu, self.reaped_cpu, self.ppid = uid, state, cpu, reaped_cpu, ppid
+    def __init__(self, state: str, cpu: float, reaped_cpu: float, ppid: int) -> None:
+        self.state, self.cpu, self.reaped_cpu, self.ppid = state, cpu, reaped_cpu, ppid
 
 
-def process_table() -> dict[int, Seen]:
-    """pid -> what /proc says of every process but this one: uid, state, own and reaped children's CPU."""
-    table = {}
-    me = os.getpid()
+_UIDS: dict[int, int] = {}  # pid -> uid, once it is final: a process without capabilities cannot change its uid
+_ME = os.getpid()
+
+
+def uids() -> dict[int, int]:
+    """pid -> real uid of every process but this one. Opening files under /proc costs ~0.3 ms each in
+    gVisor, so a uid is read once per process; a uid 0 is read again (the zygote's children start as root)."""
+    current: dict[int, int] = {}
     for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == me:
+        if not name.isdigit() or int(name) == _ME:
             continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as handle:
-                stat = handle.read()
-            with open(f"/proc/{name}/status", "rb") as handle:
-                status = handle.read()
-        except OSError:
-            continue  # gone meanwhile
-        fields = stat[stat.rindex(b")") + 2:].split()
-        uid = next(int(line.split()[1]) for line in status.splitlines() if line.startswith(b"Uid:"))
-        table[int(name)] = Seen(uid, fields[0].decode(), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS,
-                                (int(fields[13]) + int(fields[14])) / CLOCK_TICKS, int(fields[1]))
-    return table
+        pid = int(name)
+        uid = _UIDS.get(pid)
+        if uid is None:
+            try:
+                with open(f"/proc/{pid}/status", "rb") as handle:
+                    uid = next(int(line.split()[1]) for line in handle if line.startswith(b"Uid:"))
+            except (OSError, StopIteration):
+                continue  # gone meanwhile
+            if uid != 0:
+                _UIDS[pid] = uid
+        current[pid] = uid
+    for pid in [pid for pid in _UIDS if pid not in current]:
+        del _UIDS[pid]
+    return current
 
 
-def cpu_of(pid: int) -> float:
+def seen(pid: int) -> Seen | None:
+    """State, own CPU, reaped children's CPU and parent of one process (None once it is gone)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             stat = handle.read()
     except OSError:
-        return 0.0
+        return None
     fields = stat[stat.rindex(b")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return Seen(fields[0].decode(), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS,
+                (int(fields[13]) + int(fields[14])) / CLOCK_TICKS, int(fields[1]))
+
+
+def processes_of(uid: int) -> dict[int, Seen]:
+    """The processes of ``uid`` that have not ended (zombies are ended)."""
+    found = {}
+    for pid, owner in uids().items():
+        if owner == uid:
+            state = seen(pid)
+            if state is not None and state.state not in "ZX":
+                found[pid] = state
+    return found
+
+
+def cpu_of(pid: int) -> float:
+    state = seen(pid)
+    return state.cpu if state is not None else 0.0
 
 
 def reap_orphans(zygote_pid: int) -> None:
@@ -152,7 +176,7 @@ def kill_uid(uid: int, zygote_pid: int) -> int:
     deadline = time.monotonic() + SWEEP_DEADLINE_S
     found: set[int] = set()
     while True:
-        alive = [pid for pid, seen in process_table().items() if seen.uid == uid and seen.state not in "ZX"]
+        alive = list(processes_of(uid))
         if not alive:
             return len(found)
         if time.monotonic() > deadline:
@@ -310,6 +334,7 @@ class Program:
         self.exited: messages.Exited | None = None
         self.limit = ""                # which limit stopped it
         self.stopped_at = 0.0
+        self.fork_s = 0.0              # how long the zygote took to deliver it (ahead of need, as a spare)
 
     def boot(self, mode: str, source: str, cpu_s: float, wall_s: float, stdin: bytes, out_cap: int,
              apps_wrap: bool = False) -> None:
@@ -333,12 +358,12 @@ class Program:
         self.streams[self.reply_r] = self.compiled
         self.request_w = self.reply_r = -1
 
-    def account(self, table: dict[int, Seen]) -> None:
+    def account(self) -> None:
         """CPU of all its processes: theirs, their reaped children's, and that of processes gone since."""
-        live = {pid: seen for pid, seen in table.items() if seen.uid == self.uid}
-        for pid, seen in self.live.items():
-            if pid not in live and seen.ppid not in live:  # nobody of its own will count it: we do
-                self.gone_cpu += seen.cpu + seen.reaped_cpu
+        live = processes_of(self.uid)
+        for pid, last in self.live.items():
+            if pid not in live and last.ppid not in live:  # nobody of its own will count it: we do
+                self.gone_cpu += last.cpu + last.reaped_cpu
         self.live = live
         self.polled_cpu = max(self.polled_cpu, self.gone_cpu + sum(s.cpu + s.reaped_cpu for s in live.values()))
 
@@ -474,10 +499,11 @@ class Supervisor:
                 self.pending[token] = ("driver", slot, time.monotonic())
 
     def forked(self, message: messages.Forked, fds: list[int]) -> None:
-        kind, what, _ = self.pending.pop(message.token)
+        kind, what, asked = self.pending.pop(message.token)
         if kind == "program":
             uid, scratch = what
             program = Program(uid, scratch, message.pid, fds, self.limits.output_max_bytes)
+            program.fork_s = time.monotonic() - asked
             self.programs[program.pid] = program
             self.spares.append(program)
         else:
@@ -726,14 +752,12 @@ class Supervisor:
         program = run.program
         if now >= run.next_poll:  # CPU, polled: the program's processes, and the driver judging them
             run.next_poll = now + CPU_POLL_S
-            table = process_table()
-            driver = table.get(run.driver.pid)
-            if driver is not None and driver.cpu - run.driver.cpu_base > run.limits.judge_cpu_time_s:
+            if cpu_of(run.driver.pid) - run.driver.cpu_base > run.limits.judge_cpu_time_s:
                 self.driver_gone(run, f"judging this sample's values took the test driver more than "
                                       f"{run.limits.judge_cpu_time_s:g} s of CPU")
                 return False
             if program is not None and not program.limit:
-                program.account(table)
+                program.account()
                 if run.stdio and run.cpu_s() >= run.limits.cpu_time_s:
                     self.stop(run, program, "sample")
                 elif program.cpu_s() >= program.cpu_limit:
@@ -813,6 +837,7 @@ class Supervisor:
         finishing = time.monotonic()
         program = run.program
         if program is not None:
+            run.timings["fork_s"] = program.fork_s
             self.release(run, program)
             if not run.stdio:
                 run.stdout, run.stderr = program.out, program.err
@@ -829,7 +854,8 @@ class Supervisor:
         if run.judge_fault:
             judged = Judged(sample_id=run.sample.id, load=judged.load)
         end = run.stopped_at or run.judged_at or time.monotonic()
-        run.timings.update(running_s=end - run.started, finishing_s=time.monotonic() - finishing)
+        run.timings.update(running_s=end - run.started, finishing_s=time.monotonic() - finishing,
+                           driver_cpu_s=max(0.0, cpu_of(run.driver.pid) - run.driver.cpu_base))
         return SampleReport(id=run.sample.id, judged=judged, judge_fault=clean(run.judge_fault, 1000),
                             time_limit=run.time_limit, exit_status=run.exit_status,  # type: ignore[arg-type]
                             cpu_s=round(run.cpu_s(), 4), wall_s=round(end - run.started, 4), max_rss_kib=run.max_rss_kib,
@@ -863,8 +889,8 @@ class Supervisor:
         ipc = sysv_ipc_objects()
         if ipc:
             raise Tainted(f"a sample left {', '.join(ipc)}: this sandbox is discarded")
-        strays_p = [pid for pid, seen in process_table().items()
-                    if seen.uid != 0 and seen.uid not in live and seen.uid not in judges and seen.state not in "ZX"]
+        strays_p = [pid for pid, uid in uids().items() if uid != 0 and uid not in live and uid not in judges
+                    and (state := seen(pid)) is not None and state.state not in "ZX"]
         if strays_p:
             raise Tainted(f"{len(strays_p)} process(es) of earlier programs outlived their sweep")
         return found

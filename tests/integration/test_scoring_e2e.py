@@ -34,11 +34,12 @@ SAMPLES = [
     {"task_id": "t/square", "completion": "    return x * x\n", "mean_logp": -0.9},
     {"task_id": "t/square", "completion": "    return x + x\n", "mean_logp": -0.2},
     {"task_id": "t/square", "completion": "    raise ValueError('no')\n"},
-    {"task_id": "t/square", "completion": "    while True:\n        pass\n"},
+    {"task_id": "t/square", "completion": "    import time\n    time.sleep(60)\n"},
     {"task_id": "t/add", "completion": "    return a + b\n", "mean_logp": -0.1},
     {"task_id": "t/add", "completion": "    return b + a\n"},
     {"task_id": "t/add", "completion": "    return a +\n"},
     {"task_id": "t/ident", "completion": "    return x\n", "logprobs": [-0.5, -0.5]},
+    {"task_id": "t/add", "completion": "    while True:\n        pass\n"},
 ]
 
 
@@ -68,14 +69,17 @@ def test_evaluate_end_to_end_with_known_pass_at_k(redis_url: str, tmp_path: Path
                "--local-workers", "1", "--report", "report.html", "--json")
     assert done.returncode == 0, done.stderr
     table = json.loads(done.stdout.strip().splitlines()[-1])
-    assert table["pass@1"] == pytest.approx((1 / 4 + 2 / 3 + 1) / 3)
-    pass_at_2 = ((1 - math.comb(3, 2) / math.comb(4, 2)) + 1) / 2  # t/ident has 1 sample: left out of k=2
+    assert table["pass@1"] == pytest.approx((1 / 4 + 2 / 4 + 1) / 3)
+    # t/ident has 1 sample: left out of k=2
+    pass_at_2 = ((1 - math.comb(3, 2) / math.comb(4, 2)) + (1 - math.comb(2, 2) / math.comb(4, 2))) / 2
     assert table["pass@2"] == pytest.approx(pass_at_2)
     rows = [json.loads(line) for line in (tmp_path / "samples.jsonl_results.jsonl").read_text().splitlines()]
     assert [row["result"].split(":")[0] for row in rows] == [
-        "passed", "failed", "failed", "timed out", "passed", "passed", "failed", "passed"]
-    assert [row["passed"] for row in rows] == [True, False, False, False, True, True, False, True]
-    assert rows[3]["reruns"] == 1 and rows[0]["reruns"] == 0  # the timeout ran twice before it was final
+        "passed", "failed", "failed", "timed out", "passed", "passed", "failed", "passed", "timed out"]
+    assert [row["passed"] for row in rows] == [True, False, False, False, True, True, False, True, False]
+    # a wall-clock kill (the machine's load could cause one) runs twice before it is final; CPU time is final
+    assert rows[3]["reruns"] == 1 and rows[8]["reruns"] == 0 and rows[0]["reruns"] == 0
+    assert rows[3]["time_limit"] == "wall" and rows[8]["time_limit"] == "cpu" and rows[0]["time_limit"] == ""
     assert rows[0]["mean_logp"] == -0.9 and rows[0]["completion_id"] == 0 and rows[1]["completion_id"] == 1
     assert "SyntaxError" in rows[6]["result"]
     assert [t["status"] for t in rows[2]["tests"]] == ["error", "error"]

@@ -1,0 +1,67 @@
+"""Each named comparison on its edge cases (pure logic; the driver runs these inside the sandbox)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sandbox.harness import comparators
+
+STDIO = comparators.STDIO
+
+
+def passes(name: str, output: str, expected: str, tolerance: float = 1e-6) -> bool:
+    return bool(STDIO[name](output, expected, tolerance)[0])
+
+
+@pytest.mark.parametrize("name, output, expected, verdict", [
+    ("exact", "3\n", "3\n", True),
+    ("exact", "3", "3\n", False),
+    ("exact", "3 \n", "3\n", False),
+    ("lines", "3  \n4\t\n\n\n", "3\n4\n", True),           # trailing whitespace and blank lines at the end
+    ("lines", " 3\n", "3\n", False),                        # leading whitespace counts
+    ("lines", "3\n\n4\n", "3\n4\n", False),                 # a blank line inside counts
+    ("tokens", "1  2\n3\n", "1 2 3", True),
+    ("tokens", "1 2", "1 2 3", False),
+    ("float", "1e-9", "0.000000001", True),
+    ("float", "0.1000001", "0.1", True),                    # within 1e-6
+    ("float", "0.10001", "0.1", False),
+    ("float", "-0", "0", True),
+    ("float", "nan", "nan", True),
+    ("float", "nan", "1", False),
+    ("float", "inf", "inf", True),
+    ("float", "YES", "YES", True),
+    ("float", "YES", "NO", False),
+    ("apps", "  3\n4  \n", "3\n4", True),                    # whole output stripped, lines stripped
+    ("apps", "3\n\n4\n", "3\n4\n", True),                    # empty lines dropped
+    ("apps", "1.0000001\n", "1.0\n", True),                  # numpy.allclose
+    ("apps", "2 1\n", "1 2\n", True),                        # a line's tokens as a set: order inside a line ignored
+    ("apps", "1 1 2\n", "1 2\n", True),                      # ... and duplicates too (APPS's leniency)
+    ("apps", "0.1234\n", "0.1231\n", True),                  # numbers rounded to 3 decimals
+    ("apps", "1\n2\n", "2\n1\n", True),                      # lines as a set of token sets
+    ("apps", "1 2\n", "1 3\n", False),
+    ("livecodebench", " 3 \n4\n", "3\n4", True),
+    ("livecodebench", "1.50\n", "1.5\n", True),              # decimals compared by value
+    ("livecodebench", "2 1\n", "1 2\n", False),              # order matters
+    ("livecodebench", "3\n4\n5\n", "3\n4\n", False),
+    ("livecodebench", "1e-9\n", "0.000000001\n", True),
+])
+def test_stdio_comparators(name: str, output: str, expected: str, verdict: bool) -> None:
+    assert passes(name, output, expected) is verdict
+
+
+def test_a_wrong_answer_says_where() -> None:
+    ok, why = STDIO["lines"]("1\n2\n9\n", "1\n2\n3\n", 0)
+    assert not ok and "line 3" in why and "'9'" in why and "'3'" in why
+
+
+@pytest.mark.parametrize("name, result, expected, verdict", [
+    ("exact", (1, 2), [1, 2], True),                         # a tuple returned for a list: both harnesses accept
+    ("exact", [1, 2], [[1, 2]], False),
+    ("apps", [1, 2], [[1, 2]], True),                        # APPS: the expected value unwrapped
+    ("apps", [(1, 2)], [[[1, 2]]], True),                    # ... and tuples inside against lists
+    ("apps", 3, [4], False),
+    ("livecodebench", (0, 1), [0, 1], True),
+    ("livecodebench", 1.0, 1, True),
+])
+def test_call_comparators(name: str, result: object, expected: object, verdict: bool) -> None:
+    assert comparators.CALLS[name](result, expected)[0] is verdict
