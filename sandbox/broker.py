@@ -20,6 +20,7 @@ from datetime import timezone
 from typing import Any, Iterable
 
 import redis
+from pydantic import BaseModel, ConfigDict, Field
 from rq import Queue
 from rq.job import Job
 from rq.registry import StartedJobRegistry
@@ -31,7 +32,7 @@ from sandbox.models import JobResult, JobSpec, Verdict
 __all__ = ["QUEUES", "connect", "redact", "redis_problem", "queue", "enqueue_batch", "store_result", "pop_results",
            "known_result_ids", "cached_results", "renew_lease", "release_lease", "requeue_abandoned", "worker_key",
            "worker_alive", "WORKERS_SET", "LAST_SEEN", "verdict_key", "enqueued_key", "TOTALS", "DURATIONS", "DURATION_BUCKETS",
-           "WORKER_LAST", "TASK", "ALERTS", "report_alert", "alerts", "forget_worker", "batch_payload", "batch_jobs"]
+           "WORKER_LAST", "TASK", "ALERTS", "report_alert", "alerts", "forget_worker", "BatchPayload", "ACL_RULES", "acl_file"]
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,33 @@ WORKERS_SET = f"{PREFIX}:workers"
 LAST_SEEN = f"{PREFIX}:workers:last-seen"
 QUEUE_TIMEOUT_MARGIN_S = 60
 
+# Redis ACL rules for the two kinds of users a deployment gives out (`sandbox redis-acl` prints them):
+# both reach only the service's keys and channels and nothing administrative or dangerous (no
+# FLUSHALL, CONFIG, KEYS, DEBUG, MONITOR, ACL, SHUTDOWN); only workers may run the result-storing script.
+_ACL_COMMON = ("resetchannels ~rq:* ~sandbox:* &rq:* -@all +@read +@write +@keyspace +@list +@hash +@set "
+               "+@sortedset +@string +@transaction +@connection +@stream +@pubsub -@dangerous -@admin +info")
+ACL_RULES = {
+    "worker": _ACL_COMMON + " +@scripting -script|flush -script|kill -function",
+    "client": _ACL_COMMON,
+}
+
+
+def acl_file(worker_password: str, client_password: str, admin_password: str | None = None) -> str:
+    """A Redis ACL file for a deployment: the default user off, a worker user and a client user."""
+    lines = ["user default off"]
+    if admin_password:
+        lines.append(f"user admin on >{admin_password} ~* &* +@all")
+    lines += [f"user sandbox-worker on >{worker_password} {ACL_RULES['worker']}",
+              f"user sandbox-client on >{client_password} {ACL_RULES['client']}"]
+    return "\n".join(lines) + "\n"
+
+
 _STORE = """
 -- The result, its place in the stream, its cache entry and every counter of it: one atomic step,
 -- so totals always equal stored results (a retried write after a lost reply changes nothing).
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then
+-- The submission's hash keeps only a marker (the verdict) per job, for exactly-once; the body travels
+-- in the stream, which the client drains, so Redis holds bodies only for results not yet read.
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[5]) == 0 then
   return 0
 end
 redis.call('RPUSH', KEYS[2], ARGV[2])
@@ -177,22 +201,34 @@ def forget_worker(connection: redis.Redis, owner: str) -> None:
 TEST_FIELDS = ("check", "tests", "stdio", "calls")
 
 
-def batch_payload(submission: str, result_ttl_s: int, jobs: list[JobSpec]) -> dict[str, Any]:
-    """A batch as it travels: the tests its jobs share are sent once, not once per job."""
-    shared = jobs[0].model_dump(mode="json", include=set(TEST_FIELDS), exclude_none=True)
-    return {"submission": submission, "result_ttl_s": result_ttl_s, "shared": shared,
-            "jobs": [job.model_dump(mode="json", exclude=set(TEST_FIELDS)) for job in jobs]}
+class BatchPayload(BaseModel):
+    """A batch as it travels through RQ: the tests its jobs share are sent once, not once per job.
 
+    ``jobs`` stay raw here: each is validated on its own by the worker, so one malformed job gets its
+    own ``error`` result instead of sinking the batch."""
 
-def batch_jobs(payload: dict[str, Any]) -> list[Any]:
-    """The raw jobs of a payload, each with the shared tests put back (still to be validated)."""
-    shared = payload.get("shared", {})
-    return [{**raw, **shared} if isinstance(raw, dict) else raw for raw in payload["jobs"]]
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    submission: str = Field(min_length=1)
+    result_ttl_s: int = Field(ge=1)
+    cache: bool = True          # store results for reuse by identical work (off for --no-reuse submissions)
+    shared: dict[str, Any] = Field(default_factory=dict)
+    jobs: list[Any]
+
+    @classmethod
+    def of(cls, submission: str, result_ttl_s: int, jobs: list[JobSpec], cache: bool = True) -> "BatchPayload":
+        shared = jobs[0].model_dump(mode="json", include=set(TEST_FIELDS), exclude_none=True)
+        return cls(submission=submission, result_ttl_s=result_ttl_s, cache=cache, shared=shared,
+                   jobs=[job.model_dump(mode="json", exclude=set(TEST_FIELDS)) for job in jobs])
+
+    def raw_jobs(self) -> list[Any]:
+        """Each job with the shared tests put back (still to be validated)."""
+        return [{**raw, **self.shared} if isinstance(raw, dict) else raw for raw in self.jobs]
 
 
 def enqueue_batch(connection: redis.Redis, queue_name: str, submission: str, jobs: list[JobSpec],
-                  timeout_s: float, result_ttl_s: int) -> str:
-    payload = batch_payload(submission, result_ttl_s, jobs)
+                  timeout_s: float, result_ttl_s: int, cache: bool = True) -> str:
+    payload = BatchPayload.of(submission, result_ttl_s, jobs, cache).model_dump(mode="json")
     # The worker's own deadlines come first; RQ's timeout is a last resort, wide enough for the worker to
     # split a batch whose sandbox died and run its jobs alone, with retries.
     rq_job = queue(connection, queue_name).enqueue(
@@ -299,14 +335,14 @@ def _requeue(connection: redis.Redis, rq_queue: Queue, rq_job_id: str) -> str | 
     except Exception as exc:  # rq raises NoSuchJobError or deserialization errors; nothing left to save
         log.warning("abandoned batch %s cannot be read: %s", rq_job_id, exc)
         return None
-    payload = old.args[0]
-    raw_jobs = batch_jobs(payload)
-    done = known_result_ids(connection, payload["submission"], [j["id"] for j in raw_jobs])
-    remaining = [j for j in raw_jobs if j["id"] not in done]
-    if not remaining:
+    payload = BatchPayload.model_validate(old.args[0])  # written by enqueue_batch; the client validated its jobs
+    jobs = [JobSpec.model_validate(j) for j in payload.raw_jobs()]
+    done = known_result_ids(connection, payload.submission, [job.id for job in jobs])
+    jobs = [job for job in jobs if job.id not in done]
+    if not jobs:
         return None
-    jobs = [JobSpec.model_validate(j) for j in remaining]
-    new_id = enqueue_batch(connection, rq_queue.name, payload["submission"], jobs,
-                           timeout_s=(old.timeout or 600) - QUEUE_TIMEOUT_MARGIN_S, result_ttl_s=payload["result_ttl_s"])
+    new_id = enqueue_batch(connection, rq_queue.name, payload.submission, jobs,
+                           timeout_s=(old.timeout or 600) - QUEUE_TIMEOUT_MARGIN_S, result_ttl_s=payload.result_ttl_s,
+                           cache=payload.cache)
     log.warning("batch %s lost its worker; %d job(s) enqueued again as %s", rq_job_id, len(jobs), new_id)
     return new_id

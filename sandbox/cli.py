@@ -13,6 +13,7 @@ import click
 from pydantic import ValidationError
 
 from sandbox.errors import SandboxError, validation_reasons
+from sandbox.harness.comparators import STDIO as STDIO_COMPARATORS
 from sandbox.models import JobResult, JobSpec, TestSnippet
 from sandbox.settings import Settings
 
@@ -315,7 +316,7 @@ def _workers_for(settings: Settings, local_workers: int | None) -> Any:
 
     count = local_workers
     if count is None:
-        count = 0 if live_workers(broker.connect(settings.redis_url)) else 2
+        count = 0 if live_workers(broker.connect(settings.redis_url)) else (os.cpu_count() or 2)
     if count == 0:
         return _ServingWorkers(settings)
     click.echo(f"starting {count} local worker(s) for this run (logs in ./.sandbox-logs)", err=True)
@@ -386,6 +387,9 @@ def _progress(results: Any, total: int, description: str) -> Any:
 @click.option("--extract-code", type=click.Choice(["none", "first", "last"]), default="none", show_default=True,
               help="Completions are raw model answers: run the first (LiveCodeBench's rule) or last ```fenced``` "
                    "code block (the text itself when it has none).")
+@click.option("--comparator", type=click.Choice(list(STDIO_COMPARATORS)), default=None,
+              help="Compare outputs by this rule instead of the problem set's own (APPS files: apps, LiveCodeBench: "
+                   "livecodebench, CodeContests: lines); call-based problems too where the name applies.")
 @click.option("--stop-on-first-failure", is_flag=True,
               help="Stop each sample at its first failing test (enough for pass@k; the rest show not_run).")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path),
@@ -393,15 +397,15 @@ def _progress(results: Any, total: int, description: str) -> Any:
 @click.option("--report", "report_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write an HTML report with pass@k and per-problem charts.")
 @click.option("--local-workers", type=click.IntRange(0, 64), default=None,
-              help="Start this many workers for the run [default: 2 if no worker is serving, else 0].")
+              help="Start this many workers for the run [default: one per core if no worker is serving, else 0].")
 @click.option("--skip-invalid", is_flag=True, help="Run the valid samples even if some lines are invalid.")
 @click.option("--no-reuse", is_flag=True, help="Run every sample even if identical work has a cached result.")
 @click.option("--json", "as_json", is_flag=True, help="Print the pass@k table as JSON.")
 @click.pass_obj
 def evaluate(settings: Settings, samples_file: Path | None, canonical: bool, problem_source: str, problem_format: str,
-             public_cases: int, k_text: str, policy: str | None, extract_code: str, stop_on_first_failure: bool,
-             out_file: Path | None, report_file: Path | None, local_workers: int | None, skip_invalid: bool,
-             no_reuse: bool, as_json: bool) -> None:
+             public_cases: int, k_text: str, policy: str | None, extract_code: str, comparator: str | None,
+             stop_on_first_failure: bool, out_file: Path | None, report_file: Path | None, local_workers: int | None,
+             skip_invalid: bool, no_reuse: bool, as_json: bool) -> None:
     """Score model samples by functional correctness: run them through the queue and gVisor, print pass@k.
 
     \b
@@ -420,12 +424,14 @@ def evaluate(settings: Settings, samples_file: Path | None, canonical: bool, pro
     from sandbox.client import Client
     from sandbox.evaluate import EvalOptions
     from sandbox.evaluate import evaluate as run_evaluation
-    from sandbox.problems import load_problems
+    from sandbox.problems import load_problems, with_comparator
 
     ks = _parse_ks(k_text)
     client = Client(settings)
     with _workers_for(settings, local_workers) as workers:  # they warm up while the files are read
         problems = load_problems(problem_source, problem_format, public_cases)
+        if comparator:
+            problems = with_comparator(problems, comparator)
         policy = policy or ("humaneval" if all(p.check is not None for p in problems.values()) else "stdio")
         if policy not in client.policies:
             fail(f"unknown policy {policy!r} (known: {', '.join(sorted(client.policies))})")
@@ -511,7 +517,7 @@ def _print_score(score: Any, reruns: int, confirmed: int) -> None:
               help="The candidates file's format (auto: told by its fields).")
 @click.option("--policy", default=None, help="[default: humaneval for HumanEval-style problems, stdio for the others]")
 @click.option("--local-workers", type=click.IntRange(0, 64), default=None,
-              help="Start this many workers for the run [default: 2 if no worker is serving, else 0].")
+              help="Start this many workers for the run [default: one per core if no worker is serving, else 0].")
 @click.option("--skip-invalid", is_flag=True, help="Run the valid samples even if some lines are invalid.")
 @click.pass_obj
 def filter_command(settings: Settings, candidates_file: Path, samples_file: Path, out_file: Path,
@@ -628,6 +634,33 @@ def health(probe: str, port: int) -> None:
     except (urllib.error.URLError, OSError) as exc:
         click.echo(f"unhealthy: {exc}", err=True)
         sys.exit(1)
+
+
+@main.command("redis-acl", context_settings=CONTEXT)
+@click.option("--worker-password", envvar="SANDBOX_WORKER_PASSWORD", help="[default: generated]")
+@click.option("--client-password", envvar="SANDBOX_CLIENT_PASSWORD", help="[default: generated]")
+def redis_acl(worker_password: str | None, client_password: str | None) -> None:
+    """Print a Redis ACL file for a multi-host deployment: workers and clients as separate users.
+
+    \b
+    Both users reach only the service's keys (rq:*, sandbox:*) and no administrative or dangerous
+    command (FLUSHALL, CONFIG, KEYS, DEBUG, MONITOR, ACL, SHUTDOWN...); only workers may run the
+    script that stores results. The default user is switched off. Then, on the Redis host:
+    \b
+      sandbox redis-acl > /etc/redis/users.acl && chmod 600 /etc/redis/users.acl
+      redis-server --aclfile /etc/redis/users.acl --bind 10.0.0.5 --appendonly yes
+    and give each worker host SANDBOX_REDIS_URL=redis://sandbox-worker:PASSWORD@10.0.0.5:6379/0,
+    each client SANDBOX_REDIS_URL=redis://sandbox-client:PASSWORD@10.0.0.5:6379/0.
+    """
+    import secrets
+
+    from sandbox import broker
+
+    worker_password = worker_password or secrets.token_urlsafe(24)
+    client_password = client_password or secrets.token_urlsafe(24)
+    click.echo(broker.acl_file(worker_password, client_password), nl=False)
+    click.echo(f"workers: SANDBOX_REDIS_URL=redis://sandbox-worker:{worker_password}@REDIS_HOST:6379/0\n"
+               f"clients: SANDBOX_REDIS_URL=redis://sandbox-client:{client_password}@REDIS_HOST:6379/0", err=True)
 
 
 STATUS_COLORS = {"passed": "green", "failed": "red", "error": "red", "timeout": "yellow", "not_run": "yellow",

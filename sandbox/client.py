@@ -34,6 +34,7 @@ __all__ = ["Client", "Submission"]
 SWEEP_EVERY_S = 5.0
 LOOKUP_CHUNK = 256        # jobs read from the source per cache lookup
 MAX_OPEN_GROUPS = 64      # batches being filled at once (problems interleaved in the source)
+MAX_HELD = 20_000         # answers waiting to be read plus copies waiting for in-flight work: stop reading beyond
 
 
 class Client:
@@ -105,6 +106,7 @@ class Submission:
         self._in_flight: dict[str, str] = {}               # cache key -> the job id that runs it
         self._keys: dict[str, str] = {}                    # job id in flight -> its cache key
         self._copies: dict[str, list[JobSpec]] = defaultdict(list)  # job id in flight -> identical jobs
+        self._held_copies = 0
         self._ready: deque[JobResult] = deque()
         self._outstanding: set[str] = set()
         self._added: deque[PreparedJob] = deque()          # jobs added while running (reruns): never from the cache
@@ -125,7 +127,9 @@ class Submission:
             batch.append(item)
             if len(batch) >= size or self._source is None:
                 self._batches.append(self._open.pop(("added", item.group_key)))
-        while self._source is not None and len(self._batches) < wanted:
+        # Copies and cached answers fill no batch: without a bound on them, a file of repeats would be read whole.
+        while self._source is not None and len(self._batches) < wanted \
+                and self._held_copies + len(self._ready) < MAX_HELD:
             chunk = list(itertools.islice(self._source, LOOKUP_CHUNK))
             if not chunk:
                 self._source = None
@@ -141,6 +145,7 @@ class Submission:
                     self.reused += 1
                 elif key in self._in_flight:
                     self._copies[self._in_flight[key]].append(item.job)
+                    self._held_copies += 1
                 else:
                     self._in_flight[key], self._keys[item.job.id] = item.job.id, key
                     self._outstanding.add(item.job.id)
@@ -151,6 +156,9 @@ class Submission:
                         self._batches.append(self._open.pop(item.group_key))
                     elif len(self._open) > MAX_OPEN_GROUPS:  # interleaved problems: ship the oldest partial batch
                         self._batches.append(self._open.popitem(last=False)[1])
+        if self._source is not None and self._held_copies + len(self._ready) >= MAX_HELD:
+            self._batches.extend(self._open.values())  # reading paused: the work the copies wait for must run
+            self._open.clear()
 
     def results(self, idle_timeout_s: float | None = None) -> Iterator[JobResult]:
         """Yield every job's result once, in the order they finish; enqueue while the queue has room.
@@ -184,7 +192,9 @@ class Submission:
                 self._in_flight.pop(self._keys.pop(result.job_id, ""), None)
                 last_progress = time.monotonic()
                 yield result
-                for copy in self._copies.pop(result.job_id, []):
+                copies = self._copies.pop(result.job_id, [])
+                self._held_copies -= len(copies)
+                for copy in copies:
                     yield _reuse(result, copy)
             if idle_timeout_s is not None and time.monotonic() - last_progress > idle_timeout_s:
                 raise InfrastructureError(f"no result for {idle_timeout_s:.0f} s with {len(self._outstanding)} "
@@ -201,7 +211,7 @@ class Submission:
             batch = self._batches.popleft()
             timeout = batch_deadline_s(batch[0].policy, len(batch)) + 20  # beyond the host's own deadline
             broker.enqueue_batch(self.client.connection, self.queue, self.id, [p.job for p in batch],
-                                 timeout_s=timeout, result_ttl_s=settings.result_ttl_s)
+                                 timeout_s=timeout, result_ttl_s=settings.result_ttl_s, cache=self._reuse)
             room -= 1
 
 

@@ -31,8 +31,8 @@ from sandbox.errors import JobValidationError, validation_reasons
 from sandbox.jsonl import read_lines
 from sandbox.models import CallCase, CallCases, JobSpec, StdioCase, StdioCases
 
-__all__ = ["Problem", "Sample", "load_problems", "read_samples", "sample_job", "write_jsonl", "extract_code",
-           "HUMANEVAL", "FORMATS"]
+__all__ = ["Problem", "Sample", "load_problems", "with_comparator", "read_samples", "sample_job", "write_jsonl",
+           "extract_code", "HUMANEVAL", "FORMATS"]
 
 HUMANEVAL = "humaneval"
 
@@ -174,7 +174,7 @@ def read_codecontests(row: dict[str, Any], public: int) -> Problem:
         cases += _named([StdioCase(input=i, output=o) for i, o in zip(group["input"], group["output"])], prefix)
     solutions = row.get("solutions") or {}
     python = tuple(code for language, code in zip(solutions.get("language", []), solutions.get("solution", []))
-                   if language in (1, 3))  # CodeContests' language ids: 1 = Python 2, 3 = Python 3
+                   if language == 3)  # CodeContests' language ids: 1 = Python 2 (not runnable here), 3 = Python 3
     models = tuple(s["code"] for s in row.get("model_solutions", []) if isinstance(s, dict) and "code" in s)
     return Problem(task_id=str(row["name"]), prompt=row.get("description", ""), public=len((row.get("public_tests") or
                    {"input": []})["input"]), stdio=StdioCases(cases=tuple(cases), comparator="lines"),
@@ -270,6 +270,23 @@ def load_problems(source: str | Path, format: str = "auto", public: int = 1) -> 
     if not problems:
         raise JobValidationError(f"{path} holds no problems")
     return problems
+
+
+def with_comparator(problems: dict[str, Problem], name: str) -> dict[str, Problem]:
+    """The problems compared by ``name`` instead of their set's own rule: every stdio problem, and the
+    call-based ones when ``name`` is also a call comparator (``exact``, ``apps``, ``livecodebench``)."""
+    from sandbox.harness import comparators
+
+    if name not in comparators.STDIO:
+        raise JobValidationError(f"unknown comparator {name!r}: use one of {', '.join(comparators.STDIO)}")
+    changed = {}
+    for task, problem in problems.items():
+        if problem.stdio is not None and problem.stdio.checker is None:
+            problem = problem.model_copy(update={"stdio": problem.stdio.model_copy(update={"comparator": name})})
+        elif problem.calls is not None and name in comparators.CALLS:
+            problem = problem.model_copy(update={"calls": problem.calls.model_copy(update={"comparator": name})})
+        changed[task] = problem
+    return changed
 
 
 # -- samples -----------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ def to_result(prepared: PreparedJob, report: SampleReport, runtime: str, sandbox
         stdout=report.stdout, stderr=report.stderr, stdout_truncated=report.stdout_truncated,
         stderr_truncated=report.stderr_truncated, wall_time_s=report.wall_s, cpu_time_s=report.cpu_s,
         peak_memory_kib=report.max_rss_kib, runtime=runtime,
-        time_limit=report.time_limit if verdict is Verdict.timeout else "", sandbox_id=sandbox_id, attempts=attempts,
+        time_limit=_time_limit(report) if verdict is Verdict.timeout else "", sandbox_id=sandbox_id, attempts=attempts,
         metadata=prepared.job.metadata, anomalies=(*report.leftovers, *anomalies),
         timings={**dict(report.timings), **(timings or {})})
 
@@ -37,6 +37,11 @@ def whole_job_result(prepared: PreparedJob, verdict: Verdict, status: TestStatus
     tests = tuple(TestResult(name=name, status=status, message=message[:MESSAGE_CHARS]) for name in prepared.tests.names)
     return JobResult(job_id=prepared.job.id, verdict=verdict, tests=tests, error=message, attempts=attempts,
                      metadata=prepared.job.metadata, runtime=prepared.policy.runtime)
+
+
+def _time_limit(report: SampleReport) -> str:
+    """Which clock stopped a timed-out sample: its own budget's, or else the first stdio case's that ran out."""
+    return report.time_limit or next((o.limit for o in report.judged.outcomes if o.limit), "")
 
 
 def _all(prepared: PreparedJob, status: TestStatus, message: str) -> tuple[TestResult, ...]:

@@ -332,8 +332,10 @@ def _tell_redis(redis_url: str, action: Callable[..., None], *args: str) -> None
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--concurrency", "-c", default=1, show_default=True, type=click.IntRange(1, 256),
-              help="Worker processes; each runs one batch at a time in its own warm sandboxes. With more than one, "
+@click.option("--concurrency", "-c", default=None, type=click.IntRange(1, 256),
+              help="Worker processes [default: one per core: a sandbox runs one sample at a time, which measured "
+                   "faster than several at once on gVisor]; each runs one batch at a time in its own warm "
+                   "sandboxes. With more than one, "
                    "a supervisor restarts a process that dies (with backoff) and reports one that keeps dying "
                    "(`sandbox status`); a single process is the worker itself (let systemd or compose restart it).")
 @click.option("--queues", default=",".join(broker.QUEUES), show_default=True,
@@ -344,7 +346,7 @@ def _tell_redis(redis_url: str, action: Callable[..., None], *args: str) -> None
 @click.option("--health-port", default=0, show_default=True, type=click.IntRange(0, 65535),
               help="Serve /livez and /readyz on 127.0.0.1:PORT (process i of a pool uses PORT+i); 0 = off.")
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
-def main(concurrency: int, queues: str, redis_url: str | None, burst: bool, canary_policy: str,
+def main(concurrency: int | None, queues: str, redis_url: str | None, burst: bool, canary_policy: str,
          health_port: int, verbose: bool) -> None:
     """Serve the sandbox queues: run each queued batch in warm gVisor sandboxes.
 
@@ -358,6 +360,7 @@ def main(concurrency: int, queues: str, redis_url: str | None, burst: bool, cana
     for name in queue_names:
         if name not in broker.QUEUES:
             raise click.BadParameter(f"unknown queue {name!r}; known: {', '.join(broker.QUEUES)}", param_hint="--queues")
+    concurrency = concurrency or os.cpu_count() or 1
     if concurrency > 1:
         argv = ["--queues", queues, "--canary-policy", canary_policy, *(["--burst"] if burst else []),
                 *(["--redis-url", redis_url] if redis_url else []), *(["-v"] if verbose else [])]

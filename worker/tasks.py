@@ -58,8 +58,9 @@ def run_batch(payload: dict[str, Any]) -> dict[str, Any]:
     context = _context
     rq_job = get_current_job()
     batch_id = rq_job.id if rq_job is not None else "local"
-    submission, ttl = payload["submission"], int(payload["result_ttl_s"])
-    jobs, invalid = _validate(broker.batch_jobs(payload), context.runner.planner)
+    batch = broker.BatchPayload.model_validate(payload)
+    submission, ttl = batch.submission, batch.result_ttl_s
+    jobs, invalid = _validate(batch.raw_jobs(), context.runner.planner)
     stored = Counter[str]()
 
     queued_s = _queued_for(rq_job)
@@ -67,7 +68,8 @@ def run_batch(payload: dict[str, Any]) -> dict[str, Any]:
     def store(result: JobResult, cache_key: str) -> None:
         if queued_s is not None:
             result = result.model_copy(update={"timings": {**result.timings, "queue_s": queued_s}})
-        if _with_redis_retry(lambda: broker.store_result(context.connection, submission, result, cache_key, ttl)):
+        cache_as = cache_key if batch.cache else ""  # a --no-reuse submission leaves no cache behind
+        if _with_redis_retry(lambda: broker.store_result(context.connection, submission, result, cache_as, ttl)):
             stored[result.verdict.value] += 1
             context.counts[result.verdict.value] += 1
 
@@ -101,7 +103,7 @@ def run_batch(payload: dict[str, Any]) -> dict[str, Any]:
         context.current_batch = ""
         _with_redis_retry(lambda: broker.release_lease(context.connection, batch_id))
     context.counts["batches"] += 1
-    return {"samples": len(payload["jobs"]), "stored": dict(stored)}
+    return {"samples": len(batch.jobs), "stored": dict(stored)}
 
 
 def _queued_for(rq_job: Any) -> float | None:

@@ -521,9 +521,10 @@ class CaseLog:
         self.outcomes: list[messages.TestOutcome] = []
 
     def add(self, index: int, status: str, message: str = "", duration_s: float = 0.0, cpu_s: float | None = None,
-            max_rss_kib: int | None = None) -> None:
+            max_rss_kib: int | None = None, limit: str = "") -> None:
         self.outcomes.append(messages.TestOutcome(index=index, status=status, message=clean(message),  # type: ignore[arg-type]
-                                                  duration_s=round(duration_s, 6), cpu_s=cpu_s, max_rss_kib=max_rss_kib))
+                                                  duration_s=round(duration_s, 6), cpu_s=cpu_s, max_rss_kib=max_rss_kib,
+                                                  limit=limit))  # type: ignore[arg-type]
 
 
 class CallJudge:
@@ -595,7 +596,7 @@ class StdioJudge:
             if run.compile_error:
                 return messages.Judged(sample_id=sample_id, load="program_error", load_error=clean(run.compile_error, 3000))
             status, message = self.verdict(case, run, stdout)
-            log.add(index, status, message, run.wall_s, run.cpu_s, run.max_rss_kib)
+            log.add(index, status, message, run.wall_s, run.cpu_s, run.max_rss_kib, run.limit if status == "timeout" else "")
             if run.limit == "sample":
                 stopped = "the sample's own time budget ran out"
                 break

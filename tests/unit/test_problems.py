@@ -12,7 +12,7 @@ from sandbox.problems import Sample, extract_code, load_problems, sample_job
 from sandbox.scoring import Outcome, Tally, filtered_pass_at_k, pass_at_k
 from sandbox.settings import REPO_ROOT
 
-STDIO_DATA = REPO_ROOT.parent / "shared" / "data" / "stdio"
+STDIO_DATA = REPO_ROOT / "tests" / "data" / "stdio"
 
 
 def test_apps_file_reads_stdio_and_call_based_problems() -> None:
