@@ -72,27 +72,34 @@ def run_canaries(runner: Runner, policy: str) -> None:
 
 def publish_state(context: WorkerContext, pool: SandboxPool, queues: list[str], started: float,
                   process: psutil.Process) -> None:
+    """The heartbeat first (cheap: a loaded host must not make a busy worker look silent), then the
+    CPU and memory of its sandboxes, which take a scan of the host's processes."""
     now = time.time()
-    children = sandbox_processes(pool.container_ids())
     state: dict[Any, Any] = {  # redis-py types hset mappings by a key union that dict[str, ...] does not match
         "id": context.owner, "host": socket.gethostname(), "pid": os.getpid(), "queues": ",".join(queues),
         "state": "busy" if context.current_batch else "idle", "current_batch": context.current_batch,
         "batch_started": context.batch_started if context.current_batch else 0, "started_at": started,
         "last_heartbeat": now, "cpu_percent": process.cpu_percent(), "rss_mib": process.memory_info().rss >> 20,
-        "sandbox_cpu_percent": sum(_cpu(p) for p in children),
-        "sandbox_rss_mib": sum(_rss(p) for p in children) >> 20,
         "sandboxes_idle": pool.idle_count(), "sandboxes_live": len(pool.container_ids()),
         "sandboxes_started": pool.started, "restarts": int(os.environ.get("SANDBOX_WORKER_RESTARTS", "0")),
         **{f"count_{k}": v for k, v in context.counts.items()},
     }
+    _write_state(context, state, now)
+    children = sandbox_processes(pool.container_ids())
+    usage = {"sandbox_cpu_percent": sum(_cpu(p) for p in children), "sandbox_rss_mib": sum(_rss(p) for p in children) >> 20}
+    _write_state(context, usage, None)
+
+
+def _write_state(context: WorkerContext, state: dict[Any, Any], now: float | None) -> None:
     ttl = int(context.settings.heartbeat_s * 3) + 1
     with context.connection.pipeline() as pipe:
         pipe.hset(broker.worker_key(context.owner), mapping=state)
         pipe.expire(broker.worker_key(context.owner), ttl)
-        pipe.sadd(broker.WORKERS_SET, context.owner)
-        pipe.hset(broker.LAST_SEEN, context.owner, now)
         pipe.hset(broker.WORKER_LAST + context.owner, mapping=state)
-        pipe.expire(broker.WORKER_LAST + context.owner, 3600)  # a dead worker stays flagged for an hour
+        if now is not None:
+            pipe.sadd(broker.WORKERS_SET, context.owner)
+            pipe.hset(broker.LAST_SEEN, context.owner, now)
+            pipe.expire(broker.WORKER_LAST + context.owner, 3600)  # a dead worker stays flagged for an hour
         pipe.execute()
 
 
@@ -184,14 +191,21 @@ def housekeeping(context: WorkerContext, pool: SandboxPool, queues: list[str], s
         stop.wait(context.settings.heartbeat_s)
 
 
-def serve(settings: Settings, queues: list[str], burst: bool, canary_policy: str, health_port: int) -> None:
-    owner = owner_id()
+def preflight(settings: Settings) -> tuple[dict[str, Any], docker.DockerClient, str, redis.Redis]:
+    """What a worker needs before it can serve: policies, the engine with its runtimes, the image, Redis.
+    Raises ``SandboxError`` or ``redis.RedisError``, which ``main`` turns into one line with the fix."""
     policies = load_all_policies(settings.policies_dir)
     client = docker_client()
     require_runtimes(client, {policy.runtime for policy in policies.values()})
     image = require_image(client, settings.images_dir)
     connection = broker.connect(settings.redis_url)
     connection.ping()
+    return policies, client, image, connection
+
+
+def serve(settings: Settings, queues: list[str], burst: bool, canary_policy: str, health_port: int) -> None:
+    owner = owner_id()
+    policies, client, image, connection = preflight(settings)
     try:
         reap_orphans(client, lambda owner: broker.worker_alive(connection, owner))
     except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:  # housekeeping retries it
@@ -264,7 +278,7 @@ class PoolSlot:
         self.dead_owner = ""
 
     def start(self) -> None:
-        env = {**os.environ, "SANDBOX_WORKER_RESTARTS": str(self.restarts)}
+        env = {**os.environ, "SANDBOX_WORKER_RESTARTS": str(self.restarts), "SANDBOX_POOL_PARENT": str(os.getpid())}
         self.process = subprocess.Popen(self.command, env=env)
         self.restart_at = None
 
@@ -284,6 +298,20 @@ class PoolSlot:
         self.restart_at = now + delay
         self.process = None
         return None
+
+
+def _end_with_pool_parent() -> None:
+    """A pool's worker ends (SIGTERM: it finishes its batch) when the pool's process dies, even by SIGKILL:
+    no unsupervised worker keeps serving after its pool is gone (and a restarted pool would double it)."""
+    parent = os.environ.pop("SANDBOX_POOL_PARENT", "")
+    if not parent.isdigit():
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != int(parent):  # the pool died before the request took effect
+        sys.exit(0)
 
 
 def run_pool(concurrency: int, argv: list[str], health_port: int, settings: Settings) -> int:
@@ -364,9 +392,12 @@ def main(concurrency: int | None, queues: str, redis_url: str | None, burst: boo
     if concurrency > 1:
         argv = ["--queues", queues, "--canary-policy", canary_policy, *(["--burst"] if burst else []),
                 *(["--redis-url", redis_url] if redis_url else []), *(["-v"] if verbose else [])]
-        sys.exit(run_pool(concurrency, argv, health_port, Settings(redis_url=redis_url) if redis_url else Settings()))
     settings = Settings(redis_url=redis_url) if redis_url else Settings()
+    _end_with_pool_parent()
     try:
+        if concurrency > 1:
+            preflight(settings)  # a missing part is one line here, not a crash loop of every process
+            sys.exit(run_pool(concurrency, argv, health_port, settings))
         serve(settings, queue_names, burst, canary_policy, health_port)
     except CanaryFailure as exc:
         log.error("%s", exc)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import docker
+import psutil
 import pytest
 import redis
 
@@ -96,6 +97,23 @@ def test_a_crash_looping_worker_is_reported_and_not_retried_forever(redis_server
     loops = [w for w in warnings if w["kind"] == "worker_crash_loop"]
     assert len(loops) == 2 and all("exited 6 times" in w["message"] for w in loops), warnings
     assert "no-such-policy" in (tmp_path / "pool.log").read_text()  # the reason is in the log, once per attempt
+
+
+def test_workers_end_when_their_pool_is_killed(redis_server: RedisServer, tmp_path: Path, image: str,
+                                              client: docker.DockerClient) -> None:
+    pool = start_pool(redis_server.url, tmp_path / "pool.log", "--concurrency", "2")
+    children = wait_for(lambda: len(status(redis_server.url)["workers"]) == 2 and
+                        [int(w["pid"]) for w in status(redis_server.url)["workers"]], 120, "two workers")
+    pool.send_signal(signal.SIGKILL)  # no chance to pass anything on
+    pool.wait()
+    try:
+        wait_for(lambda: not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+                                 for pid in children), 120, "the pool's workers to end with it")
+    finally:
+        for pid in children:
+            for container in client.containers.list(all=True, sparse=True,
+                                                    filters={"label": f"{OWNER_LABEL}={os.uname().nodename}:{pid}"}):
+                container.remove(force=True)
 
 
 def test_counters_equal_stored_results_even_when_a_write_is_retried(redis_server: RedisServer) -> None:

@@ -47,7 +47,7 @@ class Pool:
     def start_worker(self) -> subprocess.Popen[bytes]:
         port = free_port()
         with (self.tmp_path / f"worker-{port}.log").open("ab") as log:  # the child keeps its own copy
-            process = subprocess.Popen([sys.executable, "-m", "worker.main", "--health-port", str(port)],
+            process = subprocess.Popen([sys.executable, "-m", "worker.main", "--concurrency", "1", "--health-port", str(port)],
                                        env=self.env, cwd=REPO_ROOT, stdout=log, stderr=log)
         self.processes.append(process)
         self.health_ports.append(port)
