@@ -34,6 +34,7 @@ __all__ = ["Client", "Submission"]
 SWEEP_EVERY_S = 5.0
 LOOKUP_CHUNK = 256        # jobs read from the source per cache lookup
 MAX_OPEN_GROUPS = 64      # batches being filled at once (problems interleaved in the source)
+_REDIS_AWAY = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError)
 MAX_HELD = 20_000         # answers waiting to be read plus copies waiting for in-flight work: stop reading beyond
 
 
@@ -107,6 +108,7 @@ class Submission:
         self._keys: dict[str, str] = {}                    # job id in flight -> its cache key
         self._copies: dict[str, list[JobSpec]] = defaultdict(list)  # job id in flight -> identical jobs
         self._held_copies = 0
+        self._carry: list[PreparedJob] = []                # jobs read from the source, not yet sorted out
         self._ready: deque[JobResult] = deque()
         self._outstanding: set[str] = set()
         self._added: deque[PreparedJob] = deque()          # jobs added while running (reruns): never from the cache
@@ -130,7 +132,8 @@ class Submission:
         # Copies and cached answers fill no batch: without a bound on them, a file of repeats would be read whole.
         while self._source is not None and len(self._batches) < wanted \
                 and self._held_copies + len(self._ready) < MAX_HELD:
-            chunk = list(itertools.islice(self._source, LOOKUP_CHUNK))
+            # kept until it is sorted out, so a Redis hiccup during the lookup loses no job of it
+            chunk = self._carry = self._carry or list(itertools.islice(self._source, LOOKUP_CHUNK))
             if not chunk:
                 self._source = None
                 self._batches.extend(self._open.values())
@@ -138,6 +141,7 @@ class Submission:
                 break
             fresh = {p.cache_key for p in chunk if p.cache_key not in self._in_flight}
             cached = broker.cached_results(self.client.connection, sorted(fresh)) if self._reuse else {}
+            self._carry = []
             for item in chunk:
                 key = item.cache_key
                 if key in cached:
@@ -168,7 +172,11 @@ class Submission:
         connection = self.client.connection
         last_progress = next_sweep = time.monotonic()
         while True:
-            self._enqueue_what_fits()
+            try:
+                self._enqueue_what_fits()
+            except _REDIS_AWAY:
+                time.sleep(1)  # Redis restarting: nothing is lost, the jobs not yet sent are still ours
+                continue
             while self._ready:
                 last_progress = time.monotonic()
                 yield self._ready.popleft()
@@ -182,7 +190,7 @@ class Submission:
                 if time.monotonic() >= next_sweep:
                     broker.requeue_abandoned(connection, grace_s=self.client.settings.heartbeat_s * 3)
                     next_sweep = time.monotonic() + SWEEP_EVERY_S
-            except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError):
+            except _REDIS_AWAY:
                 time.sleep(1)  # Redis restarting: results wait for us there
                 continue
             for result in finished:
@@ -208,10 +216,11 @@ class Submission:
             return
         self._pull(room)
         while self._batches and room > 0:
-            batch = self._batches.popleft()
+            batch = self._batches[0]
             timeout = batch_deadline_s(batch[0].policy, len(batch)) + 20  # beyond the host's own deadline
             broker.enqueue_batch(self.client.connection, self.queue, self.id, [p.job for p in batch],
                                  timeout_s=timeout, result_ttl_s=settings.result_ttl_s, cache=self._reuse)
+            self._batches.popleft()  # only once it is in Redis: a failed enqueue is tried again
             room -= 1
 
 

@@ -83,6 +83,9 @@ def main() -> int:
         step = args.samples // 10
         for kill in range(6):
             wait_for(step * (kill + 1))
+            if submit.poll() is not None:
+                note(f"submit ended early with {submit.returncode}: {(directory / 'submit.log').read_text()[-1500:]}")
+                break
             victims = children(pool.pid)
             if victims:
                 os.kill(victims[kill % len(victims)], signal.SIGKILL)
@@ -100,8 +103,11 @@ def main() -> int:
             os.kill(victims[0], signal.SIGSTOP)
             note(f"SIGSTOP worker pid {victims[0]} for 30 s")
             time.sleep(30)
-            os.kill(victims[0], signal.SIGCONT)
-            note("SIGCONT")
+            try:
+                os.kill(victims[0], signal.SIGCONT)
+                note("SIGCONT")
+            except ProcessLookupError:
+                note("the stopped worker is gone")
         code = submit.wait(timeout=3600)
         note(f"submit exited {code}")
         status = subprocess.run([sys.executable, "-m", "sandbox.cli", "status"], env=env, capture_output=True, text=True)

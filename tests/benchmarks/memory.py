@@ -138,7 +138,8 @@ def main() -> None:
         print(f"{done:>10}{client_mib:>12.0f}{workers_mib:>13.0f}{redis_mib:>11.1f}")
     print(f"peaks: client {peaks['client']:.0f} MiB RSS, workers {peaks['workers']:.0f} MiB RSS (2 processes), "
           f"Redis {peaks['redis']:.1f} MiB used_memory above its start; left in Redis after the run: "
-          f"{retained:.1f} MiB ({retained * 2**20 / args.samples:.0f} bytes per sample, until the results' TTL)")
+          f"{retained:.1f} MiB ({retained * 2**20 / args.distinct:.0f} bytes per sample that ran: its cached result "
+          f"and exactly-once marker, until the results' TTL; copies answered by the client add nothing)")
     print(f"Redis CPU: {redis_cpu_s:.1f} s in all; {1000 * redis_cpu_s / args.distinct:.2f} ms per distinct sample "
           f"(those that ran; with --distinct = --samples this is the capacity figure: Redis cores needed per "
           f"1000 samples/s = that figure)")
