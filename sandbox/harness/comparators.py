@@ -16,9 +16,10 @@ rules are here under their own names so a paper's numbers can be reproduced:
   stripped, split into lines, each line stripped; same number of lines; each line equal, or all
   its tokens parse as decimals and the decimals are equal.
 
-Call-based: ``exact`` (``==`` with exact types, after a returned tuple becomes a list, as both
-reference harnesses do), ``apps`` (also accepts the expected value unwrapped from its one-element
-list, and a list of tuples against lists), ``livecodebench`` (``==`` after tuple -> list).
+Call-based: ``exact`` (equal with exact types all the way down: ``True`` is not ``1`` nor ``1.0``;
+a returned tuple counts as a list), ``apps`` (Python's ``==``, as the APPS harness compares, also
+against the expected value unwrapped from its one-element list, and a list of tuples against
+lists), ``livecodebench`` (Python's ``==`` after tuple -> list).
 """
 
 from __future__ import annotations
@@ -151,7 +152,27 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
+def _same(result: Any, expected: Any) -> bool:
+    """``==`` with exact types all the way down (``True`` is not ``1``, ``1.0`` is not ``1``); a tuple
+    stands for a list, as JSON cannot tell them apart."""
+    result = _plain(result)
+    if type(result) is not type(expected):
+        return False
+    if isinstance(expected, list):
+        return len(result) == len(expected) and all(_same(r, e) for r, e in zip(result, expected))
+    if isinstance(expected, dict):
+        return result.keys() == expected.keys() and all(_same(result[key], expected[key]) for key in expected)
+    return bool(result == expected)
+
+
 def call_exact(result: Any, expected: Any) -> Verdict:
+    if _same(result, expected):
+        return True, ""
+    return False, f"returned {_short(repr(_plain(result)))}, expected {_short(repr(expected))}"
+
+
+def call_equal(result: Any, expected: Any) -> Verdict:
+    """Python's ``==`` after tuple -> list, as LiveCodeBench compares (``True == 1`` holds there)."""
     result = _plain(result)
     return (True, "") if result == expected else (False, f"returned {_short(repr(result))}, expected {_short(repr(expected))}")
 
@@ -170,5 +191,5 @@ def call_apps(result: Any, expected: Any) -> Verdict:
 
 
 CALLS: dict[str, Callable[[Any, Any], Verdict]] = {
-    "exact": call_exact, "apps": call_apps, "livecodebench": call_exact,
+    "exact": call_exact, "apps": call_apps, "livecodebench": call_equal,
 }

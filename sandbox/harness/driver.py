@@ -19,6 +19,7 @@ swallow it, and a bare ``except`` that does is overruled by the flag it leaves h
 from __future__ import annotations
 
 import builtins
+import copy
 import json
 import os
 import random
@@ -557,7 +558,8 @@ class CallJudge:
         for index, case in enumerate(tests.cases):
             started = time.perf_counter()
             try:
-                passed, why = self.compare(function(*case.args), case.expected)
+                # a fresh copy per call: the sample may mutate its arguments, and the next sample must not see that
+                passed, why = self.compare(function(*copy.deepcopy(case.args)), case.expected)
                 status, message = ("passed", "") if passed else ("failed", why)
             except SampleGone as exc:
                 log.add(index, "interrupted", str(exc), time.perf_counter() - started)
@@ -596,7 +598,9 @@ class StdioJudge:
             if run.compile_error:
                 return messages.Judged(sample_id=sample_id, load="program_error", load_error=clean(run.compile_error, 3000))
             status, message = self.verdict(case, run, stdout)
-            log.add(index, status, message, run.wall_s, run.cpu_s, run.max_rss_kib, run.limit if status == "timeout" else "")
+            # the case's own clock; a spent sample budget is the sample's time_limit, not the case's
+            case_limit = run.limit if status == "timeout" and run.limit in ("cpu", "wall") else ""
+            log.add(index, status, message, run.wall_s, run.cpu_s, run.max_rss_kib, case_limit)
             if run.limit == "sample":
                 stopped = "the sample's own time budget ran out"
                 break
@@ -607,6 +611,8 @@ class StdioJudge:
                                completed=len(log.outcomes) == len(self.tests.cases) and not stopped, stopped=stopped)
 
     def verdict(self, case: messages.StdioCase, run: messages.CaseRun, stdout: bytes) -> tuple[str, str]:
+        if run.limit == "sample":
+            return "timeout", f"the sample's time budget over all its cases ran out ({run.cpu_s:.2f} s CPU in this case)"
         if run.limit:
             kind = "CPU" if run.limit == "cpu" else "wall-clock"
             return "timeout", f"{kind} time limit exceeded ({run.cpu_s:.2f} s CPU, {run.wall_s:.2f} s wall)"
@@ -614,7 +620,7 @@ class StdioJudge:
             return "output_limit", "output limit exceeded"
         if run.exit_status != 0:
             tail = run.stderr.strip().splitlines()[-1:] or [""]
-            if "MemoryError" in run.stderr or "bad_alloc" in run.stderr:
+            if tail[0].startswith("MemoryError") or "std::bad_alloc" in tail[0]:  # how the runtime itself says it
                 return "memory_limit", f"memory limit exceeded: {tail[0]}"
             if run.exit_status is not None and run.exit_status < 0:
                 name = signal.Signals(-run.exit_status).name if -run.exit_status in signal.valid_signals() else ""

@@ -48,13 +48,16 @@ def become(uid: int) -> None:
 #   capability, may mount, and gets a private IPC namespace the supervisor's checks cannot see;
 # * mount, unmount, pivot_root;
 # * use POSIX message queues, which cannot be listed without mounting mqueuefs (that needs
-#   CAP_SYS_ADMIN), so the supervisor could never prove a sample left none behind.
+#   CAP_SYS_ADMIN), so the supervisor could never prove a sample left none behind;
+# * create SysV shared memory, semaphores or message queues (shmget, semget, msgget): they outlive
+#   the process that made them, so one stdio case could hand state to the next (the supervisor
+#   still counts them after every sample, in case one ever appears).
 # clone3 gets ENOSYS (its flags sit behind a pointer seccomp cannot read): libc then uses clone.
 _SYSCALLS = {
-    "x86_64": {"denied": (272, 308, 165, 166, 155, 240, 241, 242, 243, 244, 245),  # unshare setns mount umount2
-                                                                                   # pivot_root mq_*
+    "x86_64": {"denied": (272, 308, 165, 166, 155, 240, 241, 242, 243, 244, 245,  # unshare setns mount umount2
+                          29, 64, 68),                                            # pivot_root mq_*; shm/sem/msgget
                "clone": 56, "clone3": 435, "arch": 0xC000003E},
-    "aarch64": {"denied": (97, 268, 40, 39, 41, 180, 181, 182, 183, 184, 185),
+    "aarch64": {"denied": (97, 268, 40, 39, 41, 180, 181, 182, 183, 184, 185, 194, 190, 186),
                 "clone": 220, "clone3": 435, "arch": 0xC00000B7},
 }
 _CLONE_NEW = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000 | 0x00000080

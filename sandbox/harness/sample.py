@@ -158,7 +158,7 @@ def apps_wrapped(source: str) -> str:
     """The program as the APPS harness runs it: import lines kept, every other line the body of ``code()``."""
     body = [line if line.startswith(("from ", "import ")) else "\t" + line for line in source.split("\n")]
     first = next((i for i, line in enumerate(body) if line.startswith("\t")), len(body))
-    return "\n".join([*body[:first], "stdin = sys.stdin", "stdout = sys.stdout", "def code():",
+    return "\n".join([*body[:first], "import sys", "stdin = sys.stdin", "stdout = sys.stdout", "def code():",
                       *[("\t" + line if line.startswith(("from ", "import ")) else line) for line in body[first:]],
                       "code()", ""])
 

@@ -142,13 +142,15 @@ def seen(pid: int) -> Seen | None:
                 (int(fields[13]) + int(fields[14])) / CLOCK_TICKS, int(fields[1]))
 
 
-def processes_of(uid: int) -> dict[int, Seen]:
-    """The processes of ``uid`` that have not ended (zombies are ended)."""
+def processes_of(uid: int, zombies: bool = False) -> dict[int, Seen]:
+    """The processes of ``uid`` that have not ended; with ``zombies``, also those ended but not yet
+    reaped (their CPU is nobody else's until their parent reaps them: CPU accounting must count it)."""
     found = {}
+    ended = "X" if zombies else "ZX"
     for pid, owner in uids().items():
         if owner == uid:
             state = seen(pid)
-            if state is not None and state.state not in "ZX":
+            if state is not None and state.state not in ended:
                 found[pid] = state
     return found
 
@@ -360,7 +362,7 @@ class Program:
 
     def account(self) -> None:
         """CPU of all its processes: theirs, their reaped children's, and that of processes gone since."""
-        live = processes_of(self.uid)
+        live = processes_of(self.uid, zombies=True)  # a child never waited for keeps its CPU in its own stat
         for pid, last in self.live.items():
             if pid not in live and last.ppid not in live:  # nobody of its own will count it: we do
                 self.gone_cpu += last.cpu + last.reaped_cpu
@@ -666,13 +668,20 @@ class Supervisor:
         if not data:
             self.driver_died(slot)
             return
-        raw = json.loads(data)
-        if raw.get("op") == "run_case":
-            request = messages.from_dict(messages.RunCase, raw)
-            if run is not None and run.stdio and run.program is None and run.waiting_case is None:
-                self.run_case(run, request.index)
+        try:  # the driver is trusted, but it judged hostile values: a bad message is this sample's fault
+            raw = json.loads(data)
+            if raw.get("op") == "run_case":
+                request = messages.from_dict(messages.RunCase, raw)
+                if run is not None and run.stdio and run.program is None and run.waiting_case is None:
+                    self.run_case(run, request.index)
+                return
+            judged = messages.from_dict(Judged, raw)
+        except (ValueError, AttributeError) as exc:
+            if run is not None:
+                self.driver_gone(run, f"the test driver sent a malformed message: {str(exc)[:200]}")
+            else:
+                self.driver_died(slot)
             return
-        judged = messages.from_dict(Judged, raw)
         if run is not None and judged.sample_id == run.sample.id and run.judged is None and not run.judge_fault:
             run.judged, run.judged_at = judged, time.monotonic()
 
@@ -736,13 +745,13 @@ class Supervisor:
             os.close(fd)
             del program.streams[fd]
 
-    def stop(self, run: Run, program: Program, limit: str) -> None:
-        """A limit fired: end every process of the program; the driver then reports what it saw."""
+    def stop(self, run: Run, program: Program, limit: str, clock: str) -> None:
+        """A limit fired (``limit``: the run's own "cpu"/"wall", or the stdio sample's whole "sample" budget,
+        counted on ``clock``): end every process of the program; the driver then reports what it saw."""
         program.limit, program.stopped_at = limit, time.monotonic()
         kill_uid(program.uid, self.zygote.pid)
         if not run.stdio or limit == "sample":
-            run.time_limit = "cpu" if limit == "cpu" else "wall"
-            run.stopped_at = program.stopped_at
+            run.time_limit, run.stopped_at = clock, program.stopped_at
 
     def check(self, run: Run) -> bool:
         """Enforce limits; True once the run can be finished."""
@@ -759,14 +768,17 @@ class Supervisor:
             if program is not None and not program.limit:
                 program.account()
                 if run.stdio and run.cpu_s() >= run.limits.cpu_time_s:
-                    self.stop(run, program, "sample")
+                    self.stop(run, program, "sample", "cpu")
                 elif program.cpu_s() >= program.cpu_limit:
-                    self.stop(run, program, "cpu")
+                    self.stop(run, program, "cpu", "cpu")
         if program is not None and not program.limit:
             if run.stdio and now >= run.started + run.limits.wall_time_s:
-                self.stop(run, program, "sample")
+                self.stop(run, program, "sample", "wall")
             elif now >= program.started + program.wall_limit:
-                self.stop(run, program, "wall")
+                self.stop(run, program, "wall", "wall")
+            elif run.stdio and program.out.truncated and not program.stopped_at:  # output limit: judged as such
+                program.stopped_at = now                                           # now, not at a later timeout
+                kill_uid(program.uid, self.zygote.pid)
         if not run.stdio:
             if run.time_limit and now >= run.stopped_at + DRIVER_GRACE_S:  # the driver did not come back
                 self.driver_gone(run, f"the test driver did not report within {DRIVER_GRACE_S:.0f} s of the sample's end")

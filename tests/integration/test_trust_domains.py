@@ -395,11 +395,11 @@ def f(a, b):
 # -- 7. what a sample leaves behind -----------------------------------------------------------------
 def test_shared_memory_leftovers_never_reach_the_next_sample(runner: Runner) -> None:
     writer = """
-import ctypes
+import ctypes, errno
 libc = ctypes.CDLL(None, use_errno=True)
-libc.shmat.restype = ctypes.c_void_p
-segment = libc.shmget(0x5EC, 4096, 0o1000 | 0o666)
-ctypes.memmove(libc.shmat(segment, None, 0), b'secret-from-an-earlier-sample', 29)
+made = [libc.shmget(0x5EC, 4096, 0o1000 | 0o666), libc.semget(0x5ED, 1, 0o1000 | 0o666),
+        libc.msgget(0x5EE, 0o1000 | 0o666)]
+print(made, ctypes.get_errno() == errno.EPERM)
 with open('/dev/shm/leak', 'w') as handle:
     handle.write('secret')
 def f(a, b):
@@ -416,9 +416,9 @@ def f(a, b):
 """
     first, second = runner.run([job(writer, ADD_CHECK), job(reader, ADD_CHECK)])
     assert first.verdict is Verdict.passed
-    assert any("SysV" in a for a in first.anomalies), first.anomalies
+    assert "[-1, -1, -1] True" in first.stdout, first.stdout  # SysV IPC objects cannot be made at all (EPERM)
+    assert any("/dev/shm/leak" in a for a in first.anomalies), first.anomalies
     assert second.verdict is Verdict.passed, second.stdout
-    assert second.sandbox_id != first.sandbox_id  # the tainted sandbox was discarded before the next sample
 
 
 def test_files_left_in_shared_memory_are_removed_between_samples(runner: Runner) -> None:
@@ -648,3 +648,78 @@ def test_call_based_cases_with_leetcode_classes(runner: Runner) -> None:
     results = runner.run([JobSpec(program=p, calls=calls, policy="humaneval") for p in (right, forger)])  # type: ignore[arg-type]
     assert results[0].verdict is Verdict.passed, results[0]  # a tuple counts as the list APPS expects
     assert results[1].verdict is Verdict.failed and all(t.status is TestStatus.error for t in results[1].tests)
+
+
+def test_arguments_one_sample_mutates_never_reach_the_next(runner: Runner) -> None:
+    calls = {"fn_name": "f", "cases": [{"args": [[3, 1, 2]], "expected": 3}, {"args": [[5, 9, 1]], "expected": 5}]}
+    honest = "def f(xs):\n    return xs[0]\n"
+    sorter = "def f(xs):\n    first = xs[0]\n    xs.sort()\n    return first\n"        # correct, sorts in place
+    wrong_max = "def f(xs):\n    return max(xs)\n"
+    forger = "def f(xs):\n    xs[:] = [xs[0]]\n    return -1\n"                        # plants an input for max()
+    results = runner.run([JobSpec(program=p, calls=calls, policy="humaneval")  # type: ignore[arg-type]
+                          for p in (honest, sorter, honest, wrong_max, forger, wrong_max)])
+    assert [r.verdict for r in results] == [Verdict.passed] * 3 + [Verdict.failed] * 3, [r.verdict for r in results]
+
+
+def test_cpu_of_children_never_waited_for_is_counted(runner: Runner) -> None:
+    zombies = """
+import os, time
+def burn(seconds):
+    start = time.process_time()
+    while time.process_time() - start < seconds:
+        pass
+for _ in range(6):
+    if os.fork() == 0:
+        burn(0.6)
+        os._exit(0)
+    time.sleep(0.9)   # the child ends and stays a zombie: never waited for
+a, b = map(int, input().split())
+print(a + b)
+"""
+    # 3.6 s of CPU per case against the stdio policy's 2 s per case
+    [attacker] = with_stdio_innocents(runner, stdio_job(zombies))
+    assert attacker.verdict is Verdict.timeout, attacker
+    assert attacker.tests[0].status is TestStatus.timeout and (attacker.tests[0].cpu_time_s or 0) >= 2.0, attacker.tests[0]
+
+
+def test_a_spent_sample_budget_is_a_timeout(runner: Runner) -> None:
+    burn = ("import time\nstart = time.process_time()\nwhile time.process_time() - start < 0.7:\n    pass\n" + SUM)
+    spender = JobSpec(program=burn, stdio=STDIO, policy="stdio", limits={"cpu_time_s": 1.0})  # type: ignore[arg-type]
+    [attacker] = with_stdio_innocents(runner, spender)
+    assert attacker.verdict is Verdict.timeout and attacker.time_limit == "cpu", attacker
+    assert attacker.tests[0].status is TestStatus.passed and attacker.tests[1].status is TestStatus.timeout, attacker.tests
+    assert "budget" in attacker.tests[1].message and attacker.tests[2].status is TestStatus.timeout, attacker.tests
+
+
+def test_stdio_cases_cannot_hand_state_to_each_other(runner: Runner) -> None:
+    relay = r"""
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+data = sys.stdin.read()
+made = [libc.shmget(0x5EED, 4096, 0o1666), libc.semget(0x5EEE, 1, 0o1666), libc.msgget(0x5EEF, 0o1666)]
+notes = os.listdir('/dev/shm') + os.listdir('.')
+open('/dev/shm/relay', 'w').write(data)
+a, b = map(int, data.split())
+print(a + b if made == [-1, -1, -1] and not notes else 'state from an earlier case')
+"""
+    [attacker] = with_stdio_innocents(runner, stdio_job(relay))
+    assert [t.status for t in attacker.tests] == [TestStatus.passed] * 3, attacker.tests
+
+
+def test_a_flood_of_output_stops_the_case_as_output_limit(runner: Runner) -> None:
+    flood = "while True:\n    print('y' * 1000)\n"
+    [attacker] = with_stdio_innocents(runner, stdio_job(flood))
+    assert all(t.status is TestStatus.output_limit for t in attacker.tests), attacker.tests
+    assert all((t.cpu_time_s or 0) < 1.0 for t in attacker.tests), attacker.tests  # stopped at the cap, not at 2 s
+
+
+def test_a_memory_error_it_handled_is_not_a_memory_limit(runner: Runner) -> None:
+    liar = "import sys\nsys.stderr.write('MemoryError: recovered from it\\n')\nraise ValueError('then failed')\n"
+    [attacker] = with_stdio_innocents(runner, stdio_job(liar))
+    assert all(t.status is TestStatus.error for t in attacker.tests), attacker.tests
+
+
+def test_apps_wrapped_programs_have_sys(runner: Runner) -> None:
+    wrapped = "a, b = map(int, input().split())\nprint(a + b)\nreturn\n"   # top-level return: APPS runs it as a body
+    [result] = runner.run([stdio_job(wrapped, apps_wrap=True)])
+    assert result.verdict is Verdict.passed, result

@@ -62,6 +62,14 @@ def test_a_wrong_answer_says_where() -> None:
     ("apps", 3, [4], False),
     ("livecodebench", (0, 1), [0, 1], True),
     ("livecodebench", 1.0, 1, True),
+    ("livecodebench", True, 1, True),                        # LiveCodeBench's plain ==
+    ("exact", True, 1, False),                               # exact: bool is not int ...
+    ("exact", 1.0, 1, False),                                # ... nor float int ...
+    ("exact", [True, False], [1, 0], False),                 # ... at any depth
+    ("exact", {"a": (1, 2)}, {"a": [1, 2]}, True),
+    ("exact", {"a": 1.0}, {"a": 1}, False),
+    ("exact", {1: 2}, {"1": 2}, False),
+    ("exact", float("nan"), float("nan"), False),
 ])
 def test_call_comparators(name: str, result: object, expected: object, verdict: bool) -> None:
     assert comparators.CALLS[name](result, expected)[0] is verdict
