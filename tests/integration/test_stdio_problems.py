@@ -144,6 +144,27 @@ def test_codecontests_file_raw_and_filtered_pass_at_k(redis_url: str, tmp_path: 
     assert [row["verdict"] for row in rows] == ["passed", "failed", "failed", "passed"]
 
 
+def test_filter_keeps_stdio_problems_some_sample_solves(redis_url: str, tmp_path: Path) -> None:
+    """Codex-S filtering on a competitive-programming set: solved problems kept with their passing
+    programs, unsolved ones dropped."""
+    unsolved = {**SUM_TWO, "problem_id": 9003}
+    candidates = write_jsonl(tmp_path / "candidates.jsonl", [SUM_TWO, DOUBLE, unsolved])
+    rows = [{"task_id": "9001", "completion": c} for c in SUM_SAMPLES[:3]]
+    rows += [{"task_id": "9002", "completion": c} for c in DOUBLE_SAMPLES]
+    rows += [{"task_id": "9003", "completion": c} for c in SUM_SAMPLES[1:4]]  # none of these is right
+    samples = write_jsonl(tmp_path / "samples.jsonl", rows)
+    done = sandbox_cli(redis_url, tmp_path, "filter", str(candidates), "--samples", str(samples), "--out", "kept.jsonl",
+                       "--solutions", "solutions.jsonl", "--local-workers", "0")
+    assert done.returncode == 0, done.stdout + done.stderr
+    kept = [json.loads(line) for line in (tmp_path / "kept.jsonl").read_text().splitlines()]
+    assert [p["problem_id"] for p in kept] == [9001, 9002]
+    assert kept[0]["input_output"] == SUM_TWO["input_output"]  # fields carried as given
+    solutions = [json.loads(line) for line in (tmp_path / "solutions.jsonl").read_text().splitlines()]
+    assert solutions == [{"task_id": "9001", "completion": SUM_SAMPLES[0]},
+                         {"task_id": "9002", "completion": DOUBLE_SAMPLES[0]}]
+    assert "dropped 1 unsolved" in done.stdout and "9003" in done.stdout
+
+
 def test_shared_apps_reference_solutions_pass(redis_url: str, tmp_path: Path) -> None:
     """One solution the APPS harness accepted for each of the 62 real problems (the full set of 488
     listed solutions: `sandbox evaluate --canonical --problems tests/data/stdio/apps_codechain_minival.jsonl`)."""
