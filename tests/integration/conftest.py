@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterator
 
 import docker
@@ -14,6 +15,7 @@ from sandbox.policy import Policy
 from sandbox.pool import SandboxPool
 from sandbox.runner import Runner
 from sandbox.settings import REPO_ROOT
+from tests.integration.services import RedisServer
 
 TEST_OWNER = "pytest-sandbox"
 
@@ -39,5 +41,22 @@ def runner(client: docker.DockerClient, image: str, policies: dict[str, Policy])
     assert not leftovers, f"sandboxes left behind: {[c.short_id for c in leftovers]}"
 
 
+ADD_CHECK = """
+def check(candidate):
+    assert candidate(1, 2) == 3
+    assert candidate(2, 2) == 4
+    assert candidate(-1, 1) == 0
+"""
+
+
 def job(program: str, check: str, entry_point: str = "f", policy: str = "humaneval", **fields: object) -> JobSpec:
     return JobSpec(program=program, check=check, entry_point=entry_point, policy=policy, **fields)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private Redis on loopback for one test."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import redis
 
@@ -108,3 +108,14 @@ def write_jsonl(path: Path, rows: list[Any]) -> Path:
 
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
+
+
+def wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    """Poll until ``condition()`` is truthy and return it, or fail naming what never happened."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")

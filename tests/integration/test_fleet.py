@@ -7,9 +7,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import docker
 import psutil
@@ -22,19 +21,13 @@ from sandbox.container import OWNER_LABEL, require_runtimes
 from sandbox.errors import RuntimeUnavailable
 from sandbox.models import JobResult, JobSpec, Verdict
 from sandbox.settings import REPO_ROOT, Settings
-from tests.integration.services import RedisServer, free_port
+from tests.integration.services import RedisServer, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
 CHECK = "def check(candidate):\n    assert candidate(3) == 9\n"
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 def status(url: str) -> dict[str, Any]:
@@ -43,16 +36,6 @@ def status(url: str) -> dict[str, Any]:
                           timeout=60)
     assert done.returncode in (0, 1), done.stderr
     return dict(json.loads(done.stdout))
-
-
-def wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def start_pool(url: str, log: Path, *args: str) -> subprocess.Popen[bytes]:

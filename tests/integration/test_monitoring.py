@@ -8,11 +8,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import docker
 import pytest
@@ -22,7 +21,7 @@ from sandbox.client import Client
 from sandbox.container import OWNER_LABEL
 from sandbox.models import JobSpec
 from sandbox.settings import REPO_ROOT, Settings
-from tests.integration.services import RedisServer, free_port
+from tests.integration.services import RedisServer, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -84,16 +83,6 @@ def pool(tmp_path: Path, image: str, client: docker.DockerClient) -> Iterator[Po
     live = Pool(tmp_path, image)
     yield live
     live.close(client)
-
-
-def wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

