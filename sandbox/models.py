@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sandbox.harness import comparators
+from sandbox.harness.messages import MAX_TESTS
 from sandbox.policy import LimitOverrides
 
 __all__ = ["Language", "Verdict", "TestStatus", "TestSnippet", "StdioCase", "StdioCases", "CallCase", "CallCases", "JobSpec",
@@ -67,7 +68,7 @@ class StdioCase(_Frozen):
 class StdioCases(_Frozen):
     """Stdio tests: cases, and how outputs are compared (a named comparator, or a checker program)."""
 
-    cases: tuple[StdioCase, ...] = Field(min_length=1, max_length=100_000)
+    cases: tuple[StdioCase, ...] = Field(min_length=1, max_length=MAX_TESTS)
     comparator: str = Field(default="lines", description=f"one of: {', '.join(comparators.STDIO)}")
     float_tolerance: float = Field(default=1e-6, ge=0, le=1, description="for the 'float' comparator")
     checker: str | None = Field(default=None, max_length=MAX_SOURCE_CHARS,
@@ -102,7 +103,7 @@ class CallCases(_Frozen):
     fn_name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     class_name: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
                                    description="LeetCode style: call this method of the program's class (Solution)")
-    cases: tuple[CallCase, ...] = Field(min_length=1, max_length=100_000)
+    cases: tuple[CallCase, ...] = Field(min_length=1, max_length=MAX_TESTS)
     comparator: str = Field(default="exact", description=f"one of: {', '.join(comparators.CALLS)}")
 
     @field_validator("comparator")

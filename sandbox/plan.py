@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from sandbox.errors import JobValidationError
 from sandbox.harness import messages
-from sandbox.harness.messages import BatchRequest, CallTests, Limits, SampleProgram, StdioTests, Tests
+from sandbox.harness.messages import MAX_TESTS, BatchRequest, CallTests, Limits, SampleProgram, StdioTests, Tests
 from sandbox.imagedef import image_tag
 from sandbox.models import CallCases, JobSpec, StdioCases, TestSnippet
 from sandbox.policy import Policy
@@ -108,6 +108,9 @@ def plan_tests(job: JobSpec) -> TestPlan:
     plan = _PLANS.get(digest)
     if plan is None:
         names, tests = FORMS[field](spec, job.entry_point, prelude)
+        if len(names) > MAX_TESTS:  # each test's outcome must fit in the sample's bounded report
+            raise JobValidationError(f"the job has {len(names)} tests (asserts, snippets or cases); "
+                                     f"at most {MAX_TESTS} per job: split it")
         plan = _remember(_PLANS, digest, TestPlan(names, tests, digest))
     return plan
 

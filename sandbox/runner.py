@@ -17,7 +17,7 @@ from collections import deque
 from typing import Any, Iterable, Iterator
 
 from sandbox.errors import InfrastructureError, JobValidationError, SandboxCrashed, SandboxTimeout
-from sandbox.harness.messages import BatchReply
+from sandbox.harness.messages import JUDGED_MAX_BYTES, BatchReply
 from sandbox.models import JobResult, JobSpec, TestStatus, Verdict
 from sandbox.plan import Planner, PreparedJob, batch_deadline_s, batch_request
 from sandbox.pool import SandboxPool
@@ -65,6 +65,7 @@ class Runner:
     def _run_group(self, group: list[PreparedJob]) -> Iterator[JobResult]:
         batches: deque[list[PreparedJob]] = deque([group])
         failures: dict[str, list[InfrastructureError]] = {p.job.id: [] for p in group}
+        split: set[str] = set()  # ran again alone because their batch failed: an attempt that counts
         while batches:
             batch = batches.popleft()
             started = time.monotonic()
@@ -73,6 +74,7 @@ class Runner:
             except InfrastructureError as exc:
                 if len(batch) > 1:  # isolate whichever sample brought the sandbox down
                     batches.extend([p] for p in batch)
+                    split.update(p.job.id for p in batch)
                     continue
                 prepared = batch[0]
                 failures[prepared.job.id].append(exc)
@@ -88,7 +90,8 @@ class Runner:
             share = {"sandbox_s": round((time.monotonic() - started) / max(1, len(reply.samples)), 4)}
             for report in reply.samples:
                 prepared = by_id.pop(report.id)
-                yield to_result(prepared, report, runtime, sandbox_id, attempts=len(failures[prepared.job.id]) + 1,
+                attempts = len(failures[prepared.job.id]) + 1 + (prepared.job.id in split)
+                yield to_result(prepared, report, runtime, sandbox_id, attempts=attempts,
                                 anomalies=anomalies, timings=share)
             if by_id:  # not started: the sandbox had to be discarded first
                 batches.append(list(by_id.values()))
@@ -98,7 +101,9 @@ class Runner:
         sandbox = self.pool.acquire(first.policy, first.image)
         sandbox_id = sandbox.id[:12]
         request = batch_request(batch)
-        max_bytes = len(batch) * (2 * request.limits.output_max_bytes + (1 << 20)) + REPLY_OVERHEAD_BYTES
+        # per sample: its report (bounded by the driver), and stdout and stderr, whose bytes JSON may escape 6-fold
+        per_sample = JUDGED_MAX_BYTES + 12 * request.limits.output_max_bytes + (256 << 10)
+        max_bytes = len(batch) * per_sample + REPLY_OVERHEAD_BYTES
         try:
             reply = sandbox.run(request, timeout_s=batch_deadline_s(first.policy, len(batch)), max_reply_bytes=max_bytes)
         except BaseException:

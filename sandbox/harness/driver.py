@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import builtins
 import copy
+import dataclasses
 import json
 import os
 import random
@@ -409,6 +410,25 @@ class Control:
     def send(self, message: Any) -> None:
         self.socket.sendall(_dumps(messages.to_dict(message)).encode())
 
+    def send_report(self, report: messages.Judged) -> None:
+        self.socket.sendall(fitted(report))
+
+
+def fitted(report: messages.Judged) -> bytes:
+    """The report encoded within ``JUDGED_MAX_BYTES``. Thousands of long failure messages (non-ASCII text
+    escapes to up to 12 bytes a character) are shortened to fit; statuses are never touched."""
+    data = _dumps(messages.to_dict(report)).encode()
+    for keep in (60, 0):
+        if len(data) <= messages.JUDGED_MAX_BYTES:
+            return data
+        outcomes = tuple(dataclasses.replace(o, message=o.message[:keep]) for o in report.outcomes)
+        data = _dumps(messages.to_dict(dataclasses.replace(report, outcomes=outcomes))).encode()
+    if len(data) <= messages.JUDGED_MAX_BYTES:
+        return data
+    too_many = messages.Judged(sample_id=report.sample_id, load="loaded", test_fault=(
+        f"{len(report.outcomes)} test outcomes do not fit in a report"))  # MAX_TESTS is meant to prevent this
+    return _dumps(messages.to_dict(too_many)).encode()
+
 
 class FunctionJudge:
     """``check(candidate)`` programs and named snippets, run unchanged against the sample's process."""
@@ -662,4 +682,4 @@ def main() -> None:
         finally:
             if link is not None:
                 link.close()
-        control.send(report)
+        control.send_report(report)

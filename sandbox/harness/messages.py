@@ -136,6 +136,10 @@ class TestOutcome:
 LoadState = Literal["loaded", "program_error", "missing_entry_point", "no_report"]
 
 
+MAX_TESTS = 10_000            # tests (asserts, snippets, cases) one job may have: their report must fit below
+JUDGED_MAX_BYTES = 4 << 20    # a Judged, encoded: the driver shortens messages to fit; the socket carries 8 MiB
+
+
 @dataclass(frozen=True)
 class Judged:
     """The driver's account of one sample (driver -> supervisor)."""

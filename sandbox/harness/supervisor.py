@@ -33,7 +33,7 @@ import socket
 import sys
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Iterable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -160,17 +160,21 @@ def cpu_of(pid: int) -> float:
     return state.cpu if state is not None else 0.0
 
 
-def reap_orphans(zygote_pid: int) -> None:
-    """Processes whose parents died are re-parented to PID 1: collect them."""
-    while True:
+def reap(pids: Iterable[int], zygote_pid: int) -> None:
+    """Collect those of ``pids`` that are ours (orphans re-parented to PID 1) and have ended. Only the
+    swept uid's: an orphan of a program still running must stay visible (a zombie) until its own
+    sweep, or its CPU would vanish from that program's account."""
+    for pid in pids:
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
+            os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        if pid == zygote_pid:
-            raise Tainted("the zygote exited")
+            pass  # not ours: its parent reaps it
+    try:
+        ended = os.waitpid(zygote_pid, os.WNOHANG)[0] == zygote_pid
+    except ChildProcessError:
+        ended = True
+    if ended:
+        raise Tainted("the zygote exited")
 
 
 def kill_uid(uid: int, zygote_pid: int) -> int:
@@ -178,7 +182,9 @@ def kill_uid(uid: int, zygote_pid: int) -> int:
     deadline = time.monotonic() + SWEEP_DEADLINE_S
     found: set[int] = set()
     while True:
-        alive = list(processes_of(uid))
+        present = processes_of(uid, zombies=True)
+        reap([pid for pid, state in present.items() if state.state == "Z"], zygote_pid)
+        alive = [pid for pid, state in present.items() if state.state != "Z"]
         if not alive:
             return len(found)
         if time.monotonic() > deadline:
@@ -190,7 +196,6 @@ def kill_uid(uid: int, zygote_pid: int) -> int:
             except ProcessLookupError:
                 pass
         time.sleep(0.002)
-        reap_orphans(zygote_pid)
 
 
 def wipe(path: str, deadline: float) -> None:
@@ -364,10 +369,26 @@ class Program:
         """CPU of all its processes: theirs, their reaped children's, and that of processes gone since."""
         live = processes_of(self.uid, zombies=True)  # a child never waited for keeps its CPU in its own stat
         for pid, last in self.live.items():
-            if pid not in live and last.ppid not in live:  # nobody of its own will count it: we do
-                self.gone_cpu += last.cpu + last.reaped_cpu
+            if pid not in live and not self._reaped_within(last, live):
+                self.gone_cpu += last.cpu + last.reaped_cpu  # nobody of its own will count it: we do
         self.live = live
         self.polled_cpu = max(self.polled_cpu, self.gone_cpu + sum(s.cpu + s.reaped_cpu for s in live.values()))
+
+    def _reaped_within(self, gone: Seen, live: dict[int, Seen]) -> bool:
+        """Whether a vanished process's CPU now sits in a live process's reaped CPU: some ancestor (by
+        the parents last seen) is alive. Its parent may have vanished in the same poll (a grandchild
+        reaped by a child that its parent then reaped), so walk up. Orphans are re-parented to PID 1,
+        which reaps a uid's processes only in that uid's final sweep, so an orphan is seen with
+        parent 1 (not ours) before it vanishes."""
+        parent, hops = gone.ppid, 0
+        while hops < 64:
+            if parent in live:
+                return True
+            before = self.live.get(parent)
+            if before is None:
+                return False
+            parent, hops = before.ppid, hops + 1
+        return False
 
     def cpu_s(self) -> float:
         return max(self.polled_cpu, self.exited.cpu_s if self.exited else 0.0)
@@ -669,6 +690,8 @@ class Supervisor:
             self.driver_died(slot)
             return
         try:  # the driver is trusted, but it judged hostile values: a bad message is this sample's fault
+            if len(data) > messages.JUDGED_MAX_BYTES:
+                raise ValueError(f"a report of {len(data)} bytes")
             raw = json.loads(data)
             if raw.get("op") == "run_case":
                 request = messages.from_dict(messages.RunCase, raw)

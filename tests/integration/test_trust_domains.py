@@ -717,3 +717,38 @@ def test_apps_wrapped_programs_have_sys(runner: Runner) -> None:
     wrapped = "a, b = map(int, input().split())\nprint(a + b)\nreturn\n"   # top-level return: APPS runs it as a body
     [result] = runner.run([stdio_job(wrapped, apps_wrap=True)])
     assert result.verdict is Verdict.passed, result
+
+
+def test_cpu_of_grandchildren_is_counted_once(runner: Runner) -> None:
+    nested = """
+import os, time
+def burn(seconds):
+    start = time.process_time()
+    while time.process_time() - start < seconds:
+        pass
+if os.fork() == 0:          # a child that waits for its own child: both end within one poll
+    if os.fork() == 0:
+        burn(1.1)
+        os._exit(0)
+    os.wait()
+    os._exit(0)
+os.wait()
+burn(0.4)
+a, b = map(int, input().split())
+print(a + b)
+"""
+    # ~1.5 s of CPU per case against 2 s: counting the grandchild twice made it a timeout
+    [honest] = with_stdio_innocents(runner, stdio_job(nested))
+    assert honest.verdict is Verdict.passed, honest
+    assert all(1.3 <= (t.cpu_time_s or 0) < 2.0 for t in honest.tests), honest.tests
+
+
+def test_long_failure_messages_cannot_sink_the_batch(runner: Runner) -> None:
+    calls = {"fn_name": "f", "cases": [{"args": [i], "expected": i} for i in range(1500)]}
+    shouter = "def f(x):\n    raise ValueError('\\U0001F600' * 400)\n"  # 1,500 messages of 12-byte escapes
+    honest = "def f(x):\n    return x\n"
+    results = runner.run([JobSpec(program=p, calls=calls, policy="humaneval")  # type: ignore[arg-type]
+                          for p in (honest, shouter, honest)])
+    assert [r.verdict for r in results] == [Verdict.passed, Verdict.failed, Verdict.passed], results
+    assert all(t.status is TestStatus.error for t in results[1].tests)
+    assert [r.attempts for r in results] == [1, 1, 1] and len({r.sandbox_id for r in results}) == 1  # no rerun

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from sandbox.errors import PolicyError, PolicyViolation
+from sandbox.errors import JobValidationError, PolicyError, PolicyViolation
 from sandbox.models import JobSpec
 from sandbox.plan import Planner
 from sandbox.policy import LimitOverrides, Policy, load_all_policies, load_policy
@@ -117,3 +117,14 @@ def test_cache_key_covers_code_tests_policy_settings_and_image(policies: dict[st
 def test_prompt_and_completion_join_like_humaneval() -> None:
     job = JobSpec(prompt="def f():\n", completion="    return 1\n", check="c", entry_point="f")
     assert job.source == "def f():\n    return 1\n"
+
+
+def test_a_job_has_at_most_ten_thousand_tests(policies: dict[str, Policy]) -> None:
+    """Each test's outcome travels in the sample's bounded report: a job too large to report is refused
+    up front, with the count, instead of failing in the sandbox."""
+    with pytest.raises(ValidationError, match="at most 10000"):
+        JobSpec(program="print(1)\n", stdio={"cases": [{"input": "", "output": "1\n"}] * 10_001})
+    check = "def check(candidate):\n" + "    assert candidate(1)\n" * 10_001  # within the size limit
+    with pytest.raises(JobValidationError, match="has 10001 tests .* at most 10000 per job"):
+        Planner(policies, REPO_ROOT / "images").prepare(JobSpec(program="def f(x):\n    return x\n", check=check,
+                                                                entry_point="f"))
