@@ -51,20 +51,24 @@ def become(uid: int) -> None:
 #   CAP_SYS_ADMIN), so the supervisor could never prove a sample left none behind;
 # * create SysV shared memory, semaphores or message queues (shmget, semget, msgget): they outlive
 #   the process that made them, so one stdio case could hand state to the next (the supervisor
-#   still counts them after every sample, in case one ever appears).
+#   still counts them after every sample, in case one ever appears);
+# * change what SIGCHLD does (rt_sigaction(SIGCHLD, act) with an act; asking is allowed): ignoring
+#   it, or SA_NOCLDWAIT, makes the kernel discard ended children without adding their CPU time to
+#   anyone's, so CPU spent in short-lived children would escape the sample's limit.
 # clone3 gets ENOSYS (its flags sit behind a pointer seccomp cannot read): libc then uses clone.
 _SYSCALLS = {
     "x86_64": {"denied": (272, 308, 165, 166, 155, 240, 241, 242, 243, 244, 245,  # unshare setns mount umount2
                           29, 64, 68),                                            # pivot_root mq_*; shm/sem/msgget
-               "clone": 56, "clone3": 435, "arch": 0xC000003E},
+               "clone": 56, "clone3": 435, "rt_sigaction": 13, "arch": 0xC000003E},
     "aarch64": {"denied": (97, 268, 40, 39, 41, 180, 181, 182, 183, 184, 185, 194, 190, 186),
-                "clone": 220, "clone3": 435, "arch": 0xC00000B7},
+                "clone": 220, "clone3": 435, "rt_sigaction": 134, "arch": 0xC00000B7},
 }
+_SIGCHLD = 17
 _CLONE_NEW = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000 | 0x00000080
 _BPF_LD_W_ABS, _BPF_JEQ_K, _BPF_JSET_K, _BPF_RET_K = 0x20, 0x15, 0x45, 0x06
 _SECCOMP_RET_ALLOW, _SECCOMP_RET_ERRNO, _SECCOMP_RET_KILL = 0x7FFF0000, 0x00050000, 0x80000000
 _EPERM, _ENOSYS = 1, 38
-_SECCOMP_DATA_NR, _SECCOMP_DATA_ARCH, _SECCOMP_DATA_ARG0 = 0, 4, 16
+_SECCOMP_DATA_NR, _SECCOMP_DATA_ARCH, _SECCOMP_DATA_ARG0, _SECCOMP_DATA_ARG1 = 0, 4, 16, 24
 
 
 class _SockFprog(ctypes.Structure):
@@ -72,28 +76,56 @@ class _SockFprog(ctypes.Structure):
 
 
 def _seccomp_program() -> bytes:
+    """The filter as a list of (code, jump-if-true label, jump-if-false label, k), labels resolved to
+    BPF's forward offsets ("" = the next instruction)."""
     table = _SYSCALLS[os.uname().machine]
-    program: list[tuple[int, int, int, int]] = []
+    code: list[tuple[int, str, str, int]] = []
+    labels: dict[str, int] = {}
 
-    def op(code: int, jt: int, jf: int, k: int) -> None:
-        program.append((code, jt, jf, k))
+    def op(opcode: int, k: int, true: str = "", false: str = "") -> None:
+        code.append((opcode, true, false, k))
 
-    op(_BPF_LD_W_ABS, 0, 0, _SECCOMP_DATA_ARCH)
-    op(_BPF_JEQ_K, 1, 0, table["arch"])
-    op(_BPF_RET_K, 0, 0, _SECCOMP_RET_KILL)
-    op(_BPF_LD_W_ABS, 0, 0, _SECCOMP_DATA_NR)
-    denied = table["denied"]
-    # Jump targets count from the next instruction; the tail is: [clone?] [clone3?] allow, eperm, enosys.
-    for position, number in enumerate(denied):
-        op(_BPF_JEQ_K, (len(denied) - position - 1) + 5, 0, number)           # -> eperm
-    op(_BPF_JEQ_K, 0, 2, table["clone"])                                       # clone: check its flags
-    op(_BPF_LD_W_ABS, 0, 0, _SECCOMP_DATA_ARG0)
-    op(_BPF_JSET_K, 2, 1, _CLONE_NEW)                                          # any CLONE_NEW* -> eperm
-    op(_BPF_JEQ_K, 2, 0, table["clone3"])                                      # clone3 -> enosys
-    op(_BPF_RET_K, 0, 0, _SECCOMP_RET_ALLOW)
-    op(_BPF_RET_K, 0, 0, _SECCOMP_RET_ERRNO | _EPERM)
-    op(_BPF_RET_K, 0, 0, _SECCOMP_RET_ERRNO | _ENOSYS)
-    return b"".join(struct.pack("HBBI", *instruction) for instruction in program)
+    def here(label: str) -> None:
+        labels[label] = len(code)
+
+    op(_BPF_LD_W_ABS, _SECCOMP_DATA_ARCH)
+    op(_BPF_JEQ_K, table["arch"], false="kill")
+    op(_BPF_LD_W_ABS, _SECCOMP_DATA_NR)
+    for number in table["denied"]:
+        op(_BPF_JEQ_K, number, true="eperm")
+    op(_BPF_JEQ_K, table["clone"], true="clone")
+    op(_BPF_JEQ_K, table["clone3"], true="enosys")
+    op(_BPF_JEQ_K, table["rt_sigaction"], true="sigaction")
+    op(_BPF_RET_K, _SECCOMP_RET_ALLOW)                              # any other call
+    here("clone")                                                   # any CLONE_NEW* flag: refused
+    op(_BPF_LD_W_ABS, _SECCOMP_DATA_ARG0)
+    op(_BPF_JSET_K, _CLONE_NEW, true="eperm", false="allow")
+    here("sigaction")                                               # SIGCHLD with a new action: refused
+    op(_BPF_LD_W_ABS, _SECCOMP_DATA_ARG0)
+    op(_BPF_JEQ_K, _SIGCHLD, false="allow")
+    op(_BPF_LD_W_ABS, _SECCOMP_DATA_ARG1)                           # the act pointer, low word
+    op(_BPF_JEQ_K, 0, false="eperm")
+    op(_BPF_LD_W_ABS, _SECCOMP_DATA_ARG1 + 4)                       # high word: NULL only asks
+    op(_BPF_JEQ_K, 0, true="allow", false="eperm")
+    here("allow")                                                   # jumps go forward only: allow again here
+    op(_BPF_RET_K, _SECCOMP_RET_ALLOW)
+    here("eperm")
+    op(_BPF_RET_K, _SECCOMP_RET_ERRNO | _EPERM)
+    here("enosys")
+    op(_BPF_RET_K, _SECCOMP_RET_ERRNO | _ENOSYS)
+    here("kill")
+    op(_BPF_RET_K, _SECCOMP_RET_KILL)
+
+    def offset(position: int, label: str) -> int:
+        if not label:
+            return 0
+        distance = labels[label] - position - 1
+        if not 0 <= distance <= 255:
+            raise ValueError(f"seccomp jump to {label} out of range")  # BPF jumps only forward, 8 bits
+        return distance
+
+    return b"".join(struct.pack("HBBI", opcode, offset(i, true), offset(i, false), k)
+                    for i, (opcode, true, false, k) in enumerate(code))
 
 
 _PROGRAM = _seccomp_program()

@@ -69,6 +69,15 @@ def clean(text: str, limit: int) -> str:
     return text[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def bounded(items: list[str], most: int = 20, chars: int = 300) -> tuple[str, ...]:
+    """At most ``most`` lines of at most ``chars`` characters each, escaped before they are cut (a
+    sample names the files it leaves; their bytes must not grow the report past its bound)."""
+    kept = [item.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")[:chars] for item in items[:most]]
+    if len(items) > most:
+        kept.append(f"... and {len(items) - most} more")
+    return tuple(kept)
+
+
 class Capture:
     """Keeps the first ``cap`` bytes of a stream and counts the rest."""
 
@@ -896,7 +905,7 @@ class Supervisor:
                             cpu_s=round(run.cpu_s(), 4), wall_s=round(end - run.started, 4), max_rss_kib=run.max_rss_kib,
                             stdout=clean(run.stdout.text(), run.stdout.cap), stderr=clean(run.stderr.text(), run.stderr.cap),
                             stdout_truncated=run.stdout.truncated, stderr_truncated=run.stderr.truncated,
-                            leftovers=tuple(clean(item, 300) for item in run.leftovers),
+                            leftovers=bounded(run.leftovers),
                             timings=tuple((name, round(value, 4)) for name, value in run.timings.items()))
 
     def clean_up(self, program: Program) -> list[str]:
@@ -913,14 +922,18 @@ class Supervisor:
         live = {p.uid for p in self.programs.values()} | self.pending_uids()
         judges = {JUDGE_UID + slot for slot in range(self.slots)}
         if os.path.isdir(SHM):
+            removed = []
             for entry in os.scandir(SHM):
                 if entry.stat(follow_symlinks=False).st_uid in live:
                     continue  # another sample's running program is using it
-                found.append(f"left {entry.path} (removed)")
+                removed.append(entry.path)
                 if entry.is_dir(follow_symlinks=False):
                     wipe(entry.path, deadline)
                 else:
                     os.unlink(entry.path)
+            if removed:  # one line, however many: a sample chooses how many it leaves
+                found.append(f"left {len(removed)} entr{'y' if len(removed) == 1 else 'ies'} in {SHM} (removed): "
+                             + ", ".join(clean(path, 100) for path in removed[:3]))
         ipc = sysv_ipc_objects()
         if ipc:
             raise Tainted(f"a sample left {', '.join(ipc)}: this sandbox is discarded")

@@ -752,3 +752,24 @@ def test_long_failure_messages_cannot_sink_the_batch(runner: Runner) -> None:
     assert [r.verdict for r in results] == [Verdict.passed, Verdict.failed, Verdict.passed], results
     assert all(t.status is TestStatus.error for t in results[1].tests)
     assert [r.attempts for r in results] == [1, 1, 1] and len({r.sandbox_id for r in results}) == 1  # no rerun
+
+
+def test_children_cannot_be_reaped_automatically_to_hide_their_cpu(runner: Runner) -> None:
+    # ignoring SIGCHLD (or SA_NOCLDWAIT) makes ended children vanish with their CPU uncounted: refused
+    hider = ("import signal\nsignal.signal(signal.SIGCHLD, signal.SIG_IGN)\n" + SUM)
+    asker = ("import signal\nassert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL\n" + SUM)  # asking is fine
+    attacker, honest = with_stdio_innocents(runner, stdio_job(hider), stdio_job(asker))
+    assert all(t.status is TestStatus.error and "PermissionError" in t.message for t in attacker.tests), attacker.tests
+    assert honest.verdict is Verdict.passed, honest
+
+
+def test_files_left_in_shared_memory_are_one_bounded_line(runner: Runner) -> None:
+    litter = ("import os\ndef f(a, b):\n    for i in range(3000):\n"
+              "        os.close(os.open(b'/dev/shm/' + str(i).encode() + b'\\xff' * 200, os.O_CREAT | os.O_WRONLY, 0o600))\n"
+              "    return a + b\n")
+    results = runner.run([job(litter, ADD_CHECK), job(GOOD, ADD_CHECK), job(WRONG, ADD_CHECK)])
+    attacker = results[0]
+    assert [r.verdict for r in results] == [Verdict.passed, Verdict.passed, Verdict.failed], results
+    [line] = [a for a in attacker.anomalies if "/dev/shm" in a]
+    assert "left 3000 entries" in line and len(line) <= 300, line
+    assert all(r.attempts == 1 for r in results), [r.attempts for r in results]
