@@ -346,6 +346,7 @@ class Program:
         self.cpu_limit = self.wall_limit = 0.0
         self.live: dict[int, Seen] = {}  # its processes at the last poll
         self.gone_cpu = 0.0              # CPU of its processes that ended where no process of its own reaped them
+        self.main_cpu = 0.0              # its first process's, with its reaped children's, at the last poll
         self.polled_cpu = 0.0
         self.exited: messages.Exited | None = None
         self.limit = ""                # which limit stopped it
@@ -378,10 +379,33 @@ class Program:
         """CPU of all its processes: theirs, their reaped children's, and that of processes gone since."""
         live = processes_of(self.uid, zombies=True)  # a child never waited for keeps its CPU in its own stat
         for pid, last in self.live.items():
-            if pid not in live and not self._reaped_within(last, live):
+            if pid != self.pid and pid not in live and not self._reaped_within(last, live):
                 self.gone_cpu += last.cpu + last.reaped_cpu  # nobody of its own will count it: we do
+        if self.pid in live:
+            self.main_cpu = live[self.pid].cpu + live[self.pid].reaped_cpu
         self.live = live
-        self.polled_cpu = max(self.polled_cpu, self.gone_cpu + sum(s.cpu + s.reaped_cpu for s in live.values()))
+        main = self.exited.cpu_s if self.exited else self.main_cpu  # the zygote's wait4: final, not polled
+        others = sum(s.cpu + s.reaped_cpu for pid, s in live.items() if pid != self.pid)
+        self.polled_cpu = max(self.polled_cpu, self.gone_cpu + main + others)
+
+    def settle(self) -> int:
+        """Stop every process of the program and count their CPU while they are zombies, before anything
+        reaps them (CPU spent since the last poll would otherwise vanish with them). The number killed."""
+        killed: set[int] = set()
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            running = [pid for pid, state in processes_of(self.uid, zombies=True).items() if state.state != "Z"]
+            if not running:
+                break
+            killed.update(running)
+            for pid in running:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.002)
+        self.account()
+        return len(killed)
 
     def _reaped_within(self, gone: Seen, live: dict[int, Seen]) -> bool:
         """Whether a vanished process's CPU now sits in a live process's reaped CPU: some ancestor (by
@@ -834,6 +858,10 @@ class Supervisor:
         self.release(run, program)
         run.program = None
         run.cpu_done += program.cpu_s()
+        if not program.limit and program.cpu_s() >= program.cpu_limit:  # counted in full only once settled
+            program.limit = "cpu"
+        elif not program.limit and run.cpu_done >= run.limits.cpu_time_s:
+            program.limit, run.time_limit = "sample", "cpu"
         run.max_rss_kib = max(run.max_rss_kib, exited.max_rss_kib)
         run.stderr.feed(program.err.data)
         wall = (program.stopped_at or time.monotonic()) - program.started
@@ -853,7 +881,7 @@ class Supervisor:
     def release(self, run: Run, program: Program) -> None:
         """End every process of the program's uid, read its output to the end, wipe its files."""
         try:
-            killed = kill_uid(program.uid, self.zygote.pid)
+            killed = program.settle() + kill_uid(program.uid, self.zygote.pid)
             if killed and not program.limit:
                 run.leftovers.append(f"{killed} process(es) still running after the program's end: killed")
         except Tainted as exc:
@@ -867,6 +895,7 @@ class Supervisor:
                     self.zygote_event()
                 else:
                     self.stream_event(program, fd)
+        program.account()  # the swept zombies as settled, and the first process's own exit figures
         program.close_fds()
         self.programs.pop(program.pid, None)
         try:
@@ -892,6 +921,8 @@ class Supervisor:
                             and program.exited.cpu_s >= program.cpu_limit - 0.05:
                         run.time_limit = "cpu"
                 run.cpu_done = program.cpu_s()
+                if not run.time_limit and run.cpu_done >= program.cpu_limit:  # counted in full only once settled
+                    run.time_limit = "cpu"
             run.program = None
         del self.runs[run.slot]
         judged = run.judged or Judged(sample_id=run.sample.id, load="no_report")

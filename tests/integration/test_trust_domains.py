@@ -773,3 +773,31 @@ def test_files_left_in_shared_memory_are_one_bounded_line(runner: Runner) -> Non
     [line] = [a for a in attacker.anomalies if "/dev/shm" in a]
     assert "left 3000 entries" in line and len(line) <= 300, line
     assert all(r.attempts == 1 for r in results), [r.attempts for r in results]
+
+
+def test_cpu_spent_after_the_last_poll_is_counted(runner: Runner) -> None:
+    # a child that burns CPU after the answer is printed and is never reaped: only a final count sees it
+    tail = r"""
+import os, sys, time
+r, w = os.pipe(); go_r, go_w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.read(go_r, 1)
+    start = time.process_time()
+    while time.process_time() - start < 0.09:
+        pass
+    os.write(w, b"%f" % time.process_time())
+    os._exit(0)
+a, b = map(int, input().split())
+print(a + b)
+sys.stdout.flush()
+times = os.times()
+os.write(go_w, b"x")
+os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)   # ended, never reaped
+os.write(2, b"REAL %.3f\n" % (times.user + times.system + float(os.read(r, 64))))
+os._exit(0)
+"""
+    [result] = with_stdio_innocents(runner, stdio_job(tail))
+    real = [float(x) for x in re.findall(r"REAL ([0-9.]+)", result.stderr)]
+    assert result.verdict is Verdict.passed and len(real) == 3, result
+    assert all((t.cpu_time_s or 0) >= spent - 0.02 for t, spent in zip(result.tests, real)), (real, result.tests)
