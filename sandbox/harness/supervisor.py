@@ -186,13 +186,15 @@ def reap(pids: Iterable[int], zygote_pid: int) -> None:
         raise Tainted("the zygote exited")
 
 
-def kill_uid(uid: int, zygote_pid: int) -> int:
-    """SIGKILL every process of ``uid`` until none is left; the number found, or ``Tainted``."""
+def kill_uid(uid: int, zygote_pid: int, reap_zombies: bool = True) -> int:
+    """SIGKILL every process of ``uid`` until none is left (or, without ``reap_zombies``, until all are
+    zombies, whose CPU can still be read); the number found, or ``Tainted``."""
     deadline = time.monotonic() + SWEEP_DEADLINE_S
     found: set[int] = set()
     while True:
         present = processes_of(uid, zombies=True)
-        reap([pid for pid, state in present.items() if state.state == "Z"], zygote_pid)
+        if reap_zombies:
+            reap([pid for pid, state in present.items() if state.state == "Z"], zygote_pid)
         alive = [pid for pid, state in present.items() if state.state != "Z"]
         if not alive:
             return len(found)
@@ -388,24 +390,13 @@ class Program:
         others = sum(s.cpu + s.reaped_cpu for pid, s in live.items() if pid != self.pid)
         self.polled_cpu = max(self.polled_cpu, self.gone_cpu + main + others)
 
-    def settle(self) -> int:
+    def settle(self, zygote_pid: int) -> int:
         """Stop every process of the program and count their CPU while they are zombies, before anything
         reaps them (CPU spent since the last poll would otherwise vanish with them). The number killed."""
-        killed: set[int] = set()
-        deadline = time.monotonic() + 0.5
-        while time.monotonic() < deadline:
-            running = [pid for pid, state in processes_of(self.uid, zombies=True).items() if state.state != "Z"]
-            if not running:
-                break
-            killed.update(running)
-            for pid in running:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.002)
-        self.account()
-        return len(killed)
+        try:
+            return kill_uid(self.uid, zygote_pid, reap_zombies=False)
+        finally:
+            self.account()
 
     def _reaped_within(self, gone: Seen, live: dict[int, Seen]) -> bool:
         """Whether a vanished process's CPU now sits in a live process's reaped CPU: some ancestor (by
@@ -881,7 +872,7 @@ class Supervisor:
     def release(self, run: Run, program: Program) -> None:
         """End every process of the program's uid, read its output to the end, wipe its files."""
         try:
-            killed = program.settle() + kill_uid(program.uid, self.zygote.pid)
+            killed = program.settle(self.zygote.pid) + kill_uid(program.uid, self.zygote.pid)
             if killed and not program.limit:
                 run.leftovers.append(f"{killed} process(es) still running after the program's end: killed")
         except Tainted as exc:

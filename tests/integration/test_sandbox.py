@@ -344,12 +344,8 @@ def many_files():
 def many_processes():
     children = []
     try:
-        for _ in range(200):
-            pid = os.fork()
-            if pid == 0:
-                time.sleep(30)
-                os._exit(0)
-            children.append(pid)
+        for _ in range(200):  # spawned, not forked: 32 forks of Python cost most of the 3 s of CPU in gVisor
+            children.append(os.posix_spawn('/bin/sleep', ['sleep', '30'], {}))
     except OSError:
         pass
     return len(children)
@@ -360,6 +356,6 @@ def many_processes():
     files = runner.run([job(program, "def check(candidate):\n    assert candidate() < 128\n",
                             entry_point="many_files")])[0]
     assert files.verdict is Verdict.passed, files  # open_files = 128 in the humaneval policy
-    processes = runner.run([job(program, "def check(candidate):\n    assert candidate() <= 32\n",
+    processes = runner.run([job(program, "def check(candidate):\n    assert 20 <= candidate() <= 32\n",
                                 entry_point="many_processes")])[0]
     assert processes.verdict is Verdict.passed, processes  # processes = 32, counted for the whole uid

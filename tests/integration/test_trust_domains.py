@@ -363,15 +363,18 @@ def test_lone_surrogates_are_carried_and_blamed_on_nobody(runner: Runner) -> Non
     result.model_dump_json()  # serialisable as it is stored and sent
 
 
-# -- 6. time limits the program cannot stop ---------------------------------------------------------
-def test_cpu_spread_over_a_chain_of_processes_still_times_out(runner: Runner) -> None:
-    chain = """
+BURN = """
 import os, time
 def burn(seconds):
     start = time.process_time()
     while time.process_time() - start < seconds:
         pass
-def f(a, b):
+"""  # programs below spend exactly this much CPU, wherever they call it
+
+
+# -- 6. time limits the program cannot stop ---------------------------------------------------------
+def test_cpu_spread_over_a_chain_of_processes_still_times_out(runner: Runner) -> None:
+    chain = BURN + """def f(a, b):
     for _ in range(8):
         pid = os.fork()
         if pid == 0:
@@ -515,13 +518,7 @@ def f(a, b):
 
 
 def test_cpu_of_many_short_children_is_counted(runner: Runner) -> None:
-    spread = """
-import os, time
-def burn(seconds):
-    start = time.process_time()
-    while time.process_time() - start < seconds:
-        pass
-def f(a, b):
+    spread = BURN + """def f(a, b):
     for _ in range(60):
         pid = os.fork()
         if pid == 0:
@@ -656,13 +653,7 @@ def test_arguments_one_sample_mutates_never_reach_the_next(runner: Runner) -> No
 
 
 def test_cpu_of_children_never_waited_for_is_counted(runner: Runner) -> None:
-    zombies = """
-import os, time
-def burn(seconds):
-    start = time.process_time()
-    while time.process_time() - start < seconds:
-        pass
-for _ in range(6):
+    zombies = BURN + """for _ in range(6):
     if os.fork() == 0:
         burn(0.6)
         os._exit(0)
@@ -720,13 +711,7 @@ def test_apps_wrapped_programs_have_sys(runner: Runner) -> None:
 
 
 def test_cpu_of_grandchildren_is_counted_once(runner: Runner) -> None:
-    nested = """
-import os, time
-def burn(seconds):
-    start = time.process_time()
-    while time.process_time() - start < seconds:
-        pass
-if os.fork() == 0:          # a child that waits for its own child: both end within one poll
+    nested = BURN + """if os.fork() == 0:          # a child that waits for its own child: both end within one poll
     if os.fork() == 0:
         burn(1.1)
         os._exit(0)
