@@ -713,19 +713,21 @@ def test_apps_wrapped_programs_have_sys(runner: Runner) -> None:
 def test_cpu_of_grandchildren_is_counted_once(runner: Runner) -> None:
     nested = BURN + """if os.fork() == 0:          # a child that waits for its own child: both end within one poll
     if os.fork() == 0:
-        burn(1.1)
+        burn(0.6)
         os._exit(0)
     os.wait()
     os._exit(0)
 os.wait()
-burn(0.4)
+burn(0.2)
 a, b = map(int, input().split())
 print(a + b)
 """
-    # ~1.5 s of CPU per case against 2 s: counting the grandchild twice made it a timeout
+    # 0.8 s of burn plus ~0.3 s for two forks under gVisor (measured 1.08-1.2 s); counting the grandchild
+    # twice would report 1.7 s or more. CPU, not the verdict, is asserted: a burn near the 2 s limit
+    # also met the 6 s wall backstop on a loaded CI machine.
     [honest] = with_stdio_innocents(runner, stdio_job(nested))
     assert honest.verdict is Verdict.passed, honest
-    assert all(1.3 <= (t.cpu_time_s or 0) < 2.0 for t in honest.tests), honest.tests
+    assert all(0.8 <= (t.cpu_time_s or 0) < 1.5 for t in honest.tests), honest.tests
 
 
 def test_long_failure_messages_cannot_sink_the_batch(runner: Runner) -> None:
