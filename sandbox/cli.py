@@ -181,7 +181,7 @@ def run(settings: Settings, job_file: Path | None, code: Path | None, tests_file
     prepared = planner.prepare(job)  # bad input fails here, before any container starts
     client = docker_client()
     require_runtimes(client, {prepared.policy.runtime})
-    require_image(client, settings.images_dir, prepared.policy.image)
+    require_image(client, settings.images_dir, prepared.language.image)
     pool = SandboxPool(client, owner_id(), warm=False)
     try:
         result = next(Runner(pool, planner, infra_attempts=settings.infra_attempts).iter_prepared([prepared]))

@@ -47,15 +47,19 @@ TRUSTED_CAPABILITIES = ["SETUID", "SETGID", "KILL", "CHOWN"]
 SENTRY_MEMORY_MIB = 512
 SUPERVISOR = ["python3", "-I", "/opt/harness/supervisor.py"]
 SLOTS = 1  # samples one sandbox runs at once
+EXEC_SCRATCH_LABEL = "io.sandbox-exec.exec-scratch"
 _STREAM_HEADER = struct.Struct(">BxxxI")
 _REPLY: TypeAdapter[BatchReply | Failure] = TypeAdapter(BatchReply | Failure)
 _READY: TypeAdapter[Ready | Failure] = TypeAdapter(Ready | Failure)
 
 
-def container_settings(policy: Policy, image: str, labels: dict[str, str]) -> dict[str, Any]:
-    """Keyword arguments for ``containers.create``: isolation and limits, nothing else."""
+def container_settings(policy: Policy, image: str, labels: dict[str, str], exec_scratch: bool = False) -> dict[str, Any]:
+    """Keyword arguments for ``containers.create``: isolation and limits, nothing else. ``exec_scratch``: the
+    image's programs are binaries a compile step built, run from the case's own scratch (C, C++, Go, Rust)."""
     memory = f"{policy.memory_mib * SLOTS * 2 + SENTRY_MEMORY_MIB}m"  # each slot: its sample and its driver
-    scratch = {f"/scratch/{slot}": f"rw,nosuid,nodev,noexec,size={policy.scratch_mib}m,mode=0711" for slot in range(SLOTS)}
+    scratch_exec = "exec" if exec_scratch else "noexec"
+    scratch = {f"/scratch/{slot}": f"rw,nosuid,nodev,{scratch_exec},size={policy.scratch_mib}m,mode=0711"
+               for slot in range(SLOTS)}
     return {
         "image": image,
         "command": SUPERVISOR,
@@ -86,6 +90,21 @@ def container_settings(policy: Policy, image: str, labels: dict[str, str]) -> di
     }
 
 
+_RUNS_BINARIES: dict[str, bool] = {}
+
+
+def _runs_binaries(client: docker.DockerClient, image: str) -> bool:
+    """Whether the image says (label, from its image.toml) that its programs run as built binaries."""
+    known = _RUNS_BINARIES.get(image)
+    if known is None:
+        try:
+            labels = client.images.get(image).labels or {}
+        except docker.errors.DockerException:
+            return False  # creating the container reports the missing image
+        known = _RUNS_BINARIES[image] = labels.get(EXEC_SCRATCH_LABEL) == "1"
+    return known
+
+
 class Sandbox:
     """A running sandbox container and its supervisor. Use as a context manager; always removed."""
 
@@ -106,7 +125,7 @@ class Sandbox:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _start(self, image: str, owner: str) -> None:
-        settings = container_settings(self.policy, image, {OWNER_LABEL: owner})
+        settings = container_settings(self.policy, image, {OWNER_LABEL: owner}, exec_scratch=_runs_binaries(self._client, image))
         try:
             self._container = self._client.containers.create(**settings)
             raw = self._client.api.attach_socket(self._container.id, params={

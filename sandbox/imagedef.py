@@ -27,6 +27,8 @@ class ImageDefinition:
     variant: str
     packages: tuple[str, ...]
     digest: str
+    exec_scratch: bool = False          # programs are binaries run from scratch (else scratch is noexec)
+    setup: tuple[str, ...] = ()         # shell commands run in the root filesystem after debootstrap
 
     @property
     def tag(self) -> str:
@@ -35,6 +37,8 @@ class ImageDefinition:
     @property
     def rootfs_key(self) -> str:
         material = f"{self.suite}|{self.variant}|{','.join(sorted(self.packages))}"
+        if self.setup:
+            material += "|" + "\n".join(self.setup)
         return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
@@ -50,7 +54,8 @@ def load_definition(images_dir: Path, language: str = "python") -> ImageDefiniti
             digest.update(str(source.relative_to(images_dir.parent)).encode() + b"\0" + source.read_bytes())
     return ImageDefinition(name=data["name"], version=str(data["version"]), suite=data["suite"],
                            variant=data.get("variant", "minbase"), packages=tuple(data["packages"]),
-                           digest=digest.hexdigest())
+                           digest=digest.hexdigest(), exec_scratch=bool(data.get("exec_scratch", False)),
+                           setup=tuple(data.get("setup", ())))
 
 
 @lru_cache(maxsize=32)

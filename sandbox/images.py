@@ -18,6 +18,7 @@ from typing import Callable
 import docker
 import docker.errors
 
+from sandbox.container import EXEC_SCRATCH_LABEL
 from sandbox.errors import ImageMissing, InfrastructureError
 from sandbox.imagedef import HARNESS_DIR, SERVICE, ImageDefinition, harness_files, load_definition, project_files
 
@@ -70,7 +71,8 @@ def build_image(client: docker.DockerClient, definition: ImageDefinition,
         repository, tag = definition.tag.split(":")
         try:
             client.api.import_image(src=archive.name, repository=repository, tag=tag,
-                                    changes=[*changes, f"LABEL io.sandbox-exec.image-digest={definition.digest}"])
+                                    changes=[*changes, f"LABEL io.sandbox-exec.image-digest={definition.digest}",
+                                             f"LABEL {EXEC_SCRATCH_LABEL}={int(definition.exec_scratch)}"])
         except docker.errors.APIError as exc:
             raise InfrastructureError(f"docker import failed: {exc}") from exc
     client.images.get(definition.tag).tag(repository, "latest")
@@ -112,6 +114,17 @@ def _rootfs(definition: ImageDefinition, say: Callable[[str], None]) -> Path:
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise InfrastructureError(f"debootstrap failed ({result.returncode}): {result.stderr[-2000:]}")
+    if definition.setup:  # e.g. Debian packages debootstrap cannot resolve, prebuilt crates: cached with the rootfs
+        resolv = partial / "etc/resolv.conf"
+        shutil.copy2("/etc/resolv.conf", resolv)  # apt inside the chroot reaches the same mirror as the host
+        for step in definition.setup:
+            say(f"setup: {step[:100]}")
+            done = subprocess.run(["chroot", str(partial), "/bin/sh", "-ec", step], capture_output=True, text=True,
+                                  env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive",
+                                       "LANG": "C.UTF-8", "HOME": "/root"})
+            if done.returncode != 0:
+                raise InfrastructureError(f"image setup failed ({done.returncode}): {step[:200]}: {done.stderr[-2000:]}")
+        resolv.unlink()
     shutil.rmtree(partial / "var/cache/apt/archives", ignore_errors=True)
     (partial / "var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)
     partial.rename(rootfs)

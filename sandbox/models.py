@@ -11,18 +11,15 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sandbox import languages
 from sandbox.harness import comparators
 from sandbox.harness.messages import MAX_TESTS
 from sandbox.policy import LimitOverrides
 
-__all__ = ["Language", "Verdict", "TestStatus", "TestSnippet", "StdioCase", "StdioCases", "CallCase", "CallCases", "JobSpec",
+__all__ = ["Verdict", "TestStatus", "TestSnippet", "StdioCase", "StdioCases", "CallCase", "CallCases", "JobSpec",
            "TestResult", "JobResult"]
 
 MAX_SOURCE_CHARS = 16 * 1024 * 1024  # hard ceiling; each policy sets its own, lower, program_max_kib
-
-
-class Language(str, Enum):
-    python = "python"
 
 
 class Verdict(str, Enum):
@@ -114,13 +111,33 @@ class CallCases(_Frozen):
         return value
 
 
+class InlineTests(_Frozen):
+    """Tests in the program's own language (HumanEval-X, MultiPL-E): appended to the program, run with it
+    as one process; the verdict is the run's exit status (and output, by ``rule``). Weaker than the other
+    forms: the program runs in the same process as its tests (see the README's guarantees)."""
+
+    code: str = Field(min_length=1, max_length=MAX_SOURCE_CHARS, description="test code, after the program")
+    preamble: str = Field(default="", max_length=MAX_SOURCE_CHARS,
+                          description="trusted text before the program (includes, package clause)")
+    rule: str = Field(default="exit_zero", description=f"one of: {', '.join(comparators.INLINE)}")
+
+    @field_validator("rule")
+    @classmethod
+    def _known_rule(cls, value: str) -> str:
+        if value not in comparators.INLINE:
+            raise ValueError(f"unknown rule {value!r}: use one of {', '.join(comparators.INLINE)}")
+        return value
+
+
 class JobSpec(_Frozen):
     """One program and its tests.
 
     The program is either ``prompt`` + ``completion`` (HumanEval's shape: the prompt is the
     problem's own text and is trusted to define helpers for the tests) or a whole ``program``.
     Tests are exactly one of: a HumanEval-style ``check`` program, named ``tests`` snippets (both
-    call ``entry_point``), ``stdio`` cases, or call-based ``calls`` cases.
+    call ``entry_point``), ``stdio`` cases, call-based ``calls`` cases (these four for Python), or
+    ``inline_tests`` in the program's own language (any language but Python). Stdio cases work in
+    every language.
     """
 
     id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=200)
@@ -132,6 +149,7 @@ class JobSpec(_Frozen):
     tests: tuple[TestSnippet, ...] | None = Field(default=None, max_length=1000)
     stdio: StdioCases | None = None
     calls: CallCases | None = None
+    inline_tests: InlineTests | None = None
     entry_point: str = Field(default="", pattern=r"^([A-Za-z_][A-Za-z0-9_]*)?$")
     stop_on_first_failure: bool = Field(default=False, description="stop a sample at its first failing test "
                                         "(enough for pass/fail: RL rewards, filtering); later tests are not run")
@@ -142,11 +160,10 @@ class JobSpec(_Frozen):
     @field_validator("language")
     @classmethod
     def _known_language(cls, value: str) -> str:
-        known = [language.value for language in Language]
-        if value not in known:
-            raise ValueError(f"unsupported language {value!r}: this service runs {', '.join(known)} "
-                             "(other languages need their sandbox image first)")
-        return value
+        canonical = languages.canonical_name(value)
+        if canonical is None:
+            raise ValueError(f"unsupported language {value!r}: this service runs {languages.known_languages()}")
+        return canonical
 
     @model_validator(mode="after")
     def _one_of_each(self) -> "JobSpec":
@@ -154,10 +171,15 @@ class JobSpec(_Frozen):
             raise ValueError("give either `program` or `prompt` + `completion`, not both")
         if self.program is None and not (self.prompt or self.completion):
             raise ValueError("the job has no code: give `program`, or `prompt` + `completion`")
-        forms = [name for name in ("check", "tests", "stdio", "calls") if getattr(self, name) is not None]
+        forms = [name for name in ("check", "tests", "stdio", "calls", "inline_tests") if getattr(self, name) is not None]
         if len(forms) != 1:
             raise ValueError("give exactly one of `check` (a HumanEval-style test program), `tests` (snippets), "
-                             f"`stdio` (input/output cases) or `calls` (call-based cases); got {forms or 'none'}")
+                             "`stdio` (input/output cases), `calls` (call-based cases) or `inline_tests` (tests in "
+                             f"the program's language); got {forms or 'none'}")
+        allowed = languages.LANGUAGES[self.language].forms
+        if forms[0] not in allowed:
+            raise ValueError(f"{self.language} programs take {' or '.join(f'`{f}`' for f in allowed)} tests, "
+                             f"not `{forms[0]}`")
         if forms[0] in ("check", "tests") and not self.entry_point:
             raise ValueError(f"`{forms[0]}` tests call the program's `entry_point`: name it")
         if self.tests is not None and len({t.name for t in self.tests}) != len(self.tests):

@@ -15,9 +15,11 @@ from typing import Any, Callable
 
 from sandbox.errors import JobValidationError
 from sandbox.harness import messages
-from sandbox.harness.messages import MAX_TESTS, BatchRequest, CallTests, Limits, SampleProgram, StdioTests, Tests
+from sandbox.harness.messages import (MAX_TESTS, BatchRequest, CallTests, InlineTests, Limits, SampleProgram, StdioTests,
+                                      Tests)
 from sandbox.imagedef import image_tag
-from sandbox.models import CallCases, JobSpec, StdioCases, TestSnippet
+from sandbox.languages import Language, language
+from sandbox.models import CallCases, InlineTests as InlineTestsSpec, JobSpec, StdioCases, TestSnippet
 from sandbox.policy import Policy
 from sandbox.testprogram import defined_names_of, plan_check, plan_snippets
 
@@ -49,15 +51,19 @@ class PreparedJob:
     image: str              # the sandbox image tag (a digest of its definition and the harness)
 
     @property
+    def language(self) -> Language:
+        return language(self.job.language)
+
+    @property
     def group_key(self) -> tuple[Any, ...]:
-        """Jobs with equal keys can share one batch: same tests, limits and image."""
-        return (self.tests.digest, self.job.stop_on_first_failure, self.policy, self.image)
+        """Jobs with equal keys can share one batch: same tests, limits, language and image."""
+        return (self.tests.digest, self.job.stop_on_first_failure, self.policy, self.image, self.job.language)
 
     @property
     def cache_key(self) -> str:
         """Everything that can change the verdict: the code, the tests, every limit, the image and harness."""
         material = {"code": self.job.source, "tests": self.tests.digest, "stop": self.job.stop_on_first_failure,
-                    "policy": self.policy.model_dump(mode="json"), "image": self.image}
+                    "policy": self.policy.model_dump(mode="json"), "image": self.image, "language": self.job.language}
         return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
@@ -75,16 +81,18 @@ class Planner:
 
     def prepare(self, job: JobSpec) -> PreparedJob:
         """Check a job against its policy and plan its tests; raises ``JobValidationError`` naming the problem."""
-        policy = self.policy(job.policy).tightened(job.limits)
+        entry = language(job.language)
+        policy = self.policy(job.policy).for_language(entry.name, bool(entry.compile)).tightened(job.limits)
         limit = policy.program_max_kib * 1024
         size = len(job.source.encode())
         if size > limit:
             raise JobValidationError(f"program is {size} bytes, policy {policy.name!r} accepts at most {limit} "
                                      "(program_max_kib)")
-        test_size = len((job.check or "").encode()) + sum(len(t.code.encode()) for t in job.tests or ())
+        test_size = len((job.check or "").encode()) + sum(len(t.code.encode()) for t in job.tests or ()) \
+            + (len(job.inline_tests.code.encode()) if job.inline_tests else 0)
         if test_size > limit:
             raise JobValidationError(f"tests are {test_size} bytes, at most {limit} accepted")
-        return PreparedJob(job, policy, plan_tests(job), image_tag(self.images_dir, policy.image))
+        return PreparedJob(job, policy, plan_tests(job), image_tag(self.images_dir, entry.image))
 
 
 def _trusted_prelude(job: JobSpec) -> str | None:
@@ -104,10 +112,11 @@ def plan_tests(job: JobSpec) -> TestPlan:
     field = next(name for name in FORMS if getattr(job, name) is not None)
     spec = getattr(job, field)
     prelude = _trusted_prelude(job) if field in ("check", "tests") else None
-    digest = _digest(spec, (field, job.entry_point, prelude))
+    context = job.language if field != "inline_tests" else (job.language, _go_package_hint(job))
+    digest = _digest(spec, (field, job.entry_point, prelude, context))
     plan = _PLANS.get(digest)
     if plan is None:
-        names, tests = FORMS[field](spec, job.entry_point, prelude)
+        names, tests = FORMS[field](spec, job.entry_point, prelude if field != "inline_tests" else (job.language, job.source))
         if len(names) > MAX_TESTS:  # each test's outcome must fit in the sample's bounded report
             raise JobValidationError(f"the job has {len(names)} tests (asserts, snippets or cases); "
                                      f"at most {MAX_TESTS} per job: split it")
@@ -165,10 +174,27 @@ def _plan_calls(spec: CallCases, entry_point: str, prelude: str | None) -> tuple
     return names, tests
 
 
+def _plan_inline(spec: InlineTestsSpec, entry_point: str, context: tuple[str, str]) -> tuple[tuple[str, ...], Tests]:
+    """Tests in the program's language: arranged (the language's finale) to print the nonce after the last one."""
+    name, program = context
+    entry = language(name)
+    if entry.finale is None:
+        raise JobValidationError(f"{name} programs cannot take inline tests")
+    code, support = entry.finale(spec.code, spec.preamble + program)
+    return ("tests",), InlineTests(form="inline", code=code, rule=spec.rule, preamble=spec.preamble, support=support)
+
+
+def _go_package_hint(job: JobSpec) -> str:
+    """What of the program the plan of its inline tests depends on (Go: its package clause)."""
+    if job.language != "go":
+        return ""
+    return next((line.strip() for line in job.source.splitlines() if line.strip().startswith("package ")), "")
+
+
 # The test forms: a JobSpec field -> how its tests are planned. A new form is a new entry (and a
 # judge of the same name in ``sandbox/harness/driver.py``).
-FORMS: dict[str, Callable[[Any, str, str | None], tuple[tuple[str, ...], Tests]]] = {
-    "check": _plan_check, "tests": _plan_snippets, "stdio": _plan_stdio, "calls": _plan_calls,
+FORMS: dict[str, Callable[[Any, str, Any], tuple[tuple[str, ...], Tests]]] = {
+    "check": _plan_check, "tests": _plan_snippets, "stdio": _plan_stdio, "calls": _plan_calls, "inline_tests": _plan_inline,
 }
 
 
@@ -177,14 +203,23 @@ def limits_for(policy: Policy) -> Limits:
                   memory_mib=policy.memory_mib, processes=policy.processes, file_size_mib=policy.file_size_mib,
                   open_files=policy.open_files, output_max_bytes=policy.output_max_kib * 1024,
                   reply_max_bytes=REPLY_MAX_BYTES, case_cpu_time_s=policy.case_cpu_time_s,
-                  case_wall_time_s=policy.case_wall_time_s, case_output_max_bytes=policy.case_output_max_kib * 1024)
+                  case_wall_time_s=policy.case_wall_time_s, case_output_max_bytes=policy.case_output_max_kib * 1024,
+                  compile_cpu_time_s=policy.compile_cpu_time_s, compile_wall_time_s=policy.compile_wall_time_s,
+                  compile_memory_mib=policy.compile_memory_mib, compile_output_max_bytes=policy.compile_output_max_kib * 1024,
+                  build_max_bytes=policy.build_max_mib << 20)
 
 
 def batch_request(batch: list[PreparedJob]) -> BatchRequest:
     first = batch[0]
-    return BatchRequest(op="run", tests=first.tests.tests,
-                        samples=tuple(SampleProgram(id=p.job.id, source=p.job.source) for p in batch),
-                        limits=limits_for(first.policy), stop_on_first_failure=first.job.stop_on_first_failure)
+    inline = first.tests.form == "inline"
+    entry = first.language
+    samples = []
+    for prepared in batch:
+        tests_text = prepared.job.inline_tests.code if prepared.job.inline_tests else ""
+        source_name, main = entry.source_layout(prepared.job.source + "\n" + tests_text, inline)
+        samples.append(SampleProgram(id=prepared.job.id, source=prepared.job.source, source_name=source_name, main=main))
+    return BatchRequest(op="run", tests=first.tests.tests, samples=tuple(samples), limits=limits_for(first.policy),
+                        stop_on_first_failure=first.job.stop_on_first_failure, toolchain=entry.toolchain(inline))
 
 
 def batch_deadline_s(policy: Policy, samples: int) -> float:

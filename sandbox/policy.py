@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sandbox.errors import PolicyError, PolicyViolation, validation_reasons
 
@@ -30,7 +30,6 @@ class Policy(BaseModel):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
     description: str = Field(min_length=1, max_length=2000)
     runtime: Literal["runsc", "runc"] = "runsc"
-    image: Literal["python"] = "python"
     cpu_time_s: float = Field(gt=0, le=600, description="CPU seconds one sample may use (all its tests)")
     wall_time_s: float = Field(gt=0, le=1200, description="wall-clock backstop for one sample, inside the sandbox")
     job_wall_time_s: float = Field(gt=0, le=3600, description="wall-clock backstop per sample, enforced by the host")
@@ -49,6 +48,19 @@ class Policy(BaseModel):
     case_wall_time_s: float = Field(default=6.0, gt=0, le=1200, description="stdio: wall-clock backstop of one case")
     case_output_max_kib: int = Field(default=4096, ge=1, le=4096, description="stdio: stdout judged per case; more "
                                      "is 'output limit exceeded'")
+    compile_cpu_time_s: float = Field(default=10, gt=0, le=600, description="compiled languages: CPU of a sample's "
+                                      "compile step (not counted in cpu_time_s)")
+    compile_wall_time_s: float = Field(default=30, gt=0, le=1200, description="wall-clock backstop of a compile step")
+    compile_memory_mib: int = Field(default=2048, ge=64, le=65536, description="address space of each compiler process")
+    compile_output_max_kib: int = Field(default=64, ge=1, le=4096, description="compiler messages kept")
+    build_max_mib: int = Field(default=64, ge=1, le=1024, description="what a compile step may leave for the runs")
+    languages: tuple[tuple[str, "LanguageLimits"], ...] = Field(default=(), description="[languages.<name>]: limits "
+                                                                "that replace the ones above (a JVM needs more address space)")
+
+    @field_validator("languages", mode="before")
+    @classmethod
+    def _language_table(cls, value: Any) -> Any:
+        return tuple(value.items()) if isinstance(value, dict) else value  # a tuple: policies are hashable
 
     @model_validator(mode="after")
     def _timeouts_nest(self) -> "Policy":
@@ -58,7 +70,26 @@ class Policy(BaseModel):
             raise ValueError("job_wall_time_s must be greater than wall_time_s (the host's backstop comes last)")
         if self.case_wall_time_s < self.case_cpu_time_s:
             raise ValueError("case_wall_time_s must be at least case_cpu_time_s")
+        if self.compile_wall_time_s < self.compile_cpu_time_s:
+            raise ValueError("compile_wall_time_s must be at least compile_cpu_time_s")
+        from sandbox.languages import canonical_name, known_languages  # the registry imports no policy
+
+        unknown = [name for name, _ in self.languages if canonical_name(name) != name]
+        if unknown:
+            raise ValueError(f"[languages] names unknown languages {unknown}: use {known_languages()}")
         return self
+
+    def for_language(self, name: str, compiled: bool) -> "Policy":
+        """This policy as it applies to programs of one language: its [languages.<name>] limits replace the
+        general ones, and the host's per-sample backstop makes room for a compile step."""
+        updated: dict[str, Any] = self.model_dump()
+        overrides = dict(self.languages).get(name)
+        if overrides is not None:
+            updated |= overrides.model_dump(exclude_none=True)
+        if compiled:
+            updated["job_wall_time_s"] = updated["job_wall_time_s"] + updated["compile_wall_time_s"]
+        updated["languages"] = ()
+        return Policy.model_validate(updated)
 
     def tightened(self, overrides: "LimitOverrides | None") -> "Policy":
         """This policy with a job's tighter limits applied; loosening any limit is an error."""
@@ -76,6 +107,21 @@ class Policy(BaseModel):
         if updated["case_wall_time_s"] < updated["case_cpu_time_s"]:
             updated["case_cpu_time_s"] = updated["case_wall_time_s"]
         return Policy.model_validate(updated)
+
+
+class LanguageLimits(BaseModel):
+    """Limits one language needs instead of the policy's general ones; each says why in the policy file."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    memory_mib: int | None = Field(default=None, ge=64, le=65536)
+    processes: int | None = Field(default=None, ge=4, le=4096)
+    open_files: int | None = Field(default=None, ge=16, le=65536)
+    cpus: float | None = Field(default=None, gt=0, le=64)
+    compile_cpu_time_s: float | None = Field(default=None, gt=0, le=600)
+    compile_wall_time_s: float | None = Field(default=None, gt=0, le=1200)
+    compile_memory_mib: int | None = Field(default=None, ge=64, le=65536)
+    build_max_mib: int | None = Field(default=None, ge=1, le=1024)
 
 
 class LimitOverrides(BaseModel):
@@ -126,3 +172,6 @@ def _load_file(path: Path) -> Policy:
         log.warning("POLICY %s RUNS PROGRAMS WITHOUT gVisor (runtime=%s): only for trusted code", policy.name,
                     policy.runtime)
     return policy
+
+
+Policy.model_rebuild()

@@ -20,6 +20,11 @@ Call-based: ``exact`` (equal with exact types all the way down: ``True`` is not 
 a returned tuple counts as a list), ``apps`` (Python's ``==``, as the APPS harness compares, also
 against the expected value unwrapped from its one-element list, and a list of tuples against
 lists), ``livecodebench`` (Python's ``==`` after tuple -> list).
+
+Inline tests (tests in the program's own language, one run; ``INLINE``): ``exit_zero`` (exit status
+0 and the nonce printed after the last test: MultiPL-E's rule, and HumanEval-X's for C++, Java,
+Go and Rust) and ``silent`` (also no other output on stdout or stderr: HumanEval-X's JavaScript
+rule, whose ``console.assert`` prints and exits 0).
 """
 
 from __future__ import annotations
@@ -192,4 +197,29 @@ def call_apps(result: Any, expected: Any) -> Verdict:
 
 CALLS: dict[str, Callable[[Any, Any], Verdict]] = {
     "exact": call_exact, "apps": call_apps, "livecodebench": call_equal,
+}
+
+
+def _finished(exit_status: Any, stdout: str, nonce: str) -> Verdict:
+    if exit_status != 0:
+        return False, f"the tests failed: exit status {exit_status}"
+    if nonce not in stdout.splitlines():
+        return False, "the program ended before its tests did (exit status 0, but the tests' end was never reached)"
+    return True, ""
+
+
+def inline_exit_zero(exit_status: Any, stdout: str, stderr: str, nonce: str) -> Verdict:
+    return _finished(exit_status, stdout, nonce)
+
+
+def inline_silent(exit_status: Any, stdout: str, stderr: str, nonce: str) -> Verdict:
+    passed, why = _finished(exit_status, stdout, nonce)
+    if not passed:
+        return passed, why
+    said = "\n".join(line for line in stdout.splitlines() if line != nonce).strip() or stderr.strip()
+    return (False, f"the tests printed {_short(said)}") if said else (True, "")
+
+
+INLINE: dict[str, Callable[[Any, str, str, str], Verdict]] = {
+    "exit_zero": inline_exit_zero, "silent": inline_silent,
 }

@@ -660,7 +660,38 @@ class StdioJudge:
         return ("passed", "") if passed else ("failed", f"wrong answer: {why}")
 
 
-JUDGES: dict[str, Any] = {"check": FunctionJudge, "snippets": FunctionJudge, "calls": CallJudge, "stdio": StdioJudge}
+class InlineJudge:
+    """Tests in the program's own language: one run of program + tests, judged by its rule on the exit
+    status and output (the program can forge these, except the nonce it never saw: see README)."""
+
+    def __init__(self, tests: messages.InlineTests, job: messages.DriverJob) -> None:
+        self.tests, self.job = tests, job
+        self.rule = comparators.INLINE[tests.rule]
+
+    def judge(self, sample_id: str, link: SampleLink | None, control: Control) -> messages.Judged:
+        control.send(messages.RunCase(op="run_case", index=0))
+        header, _, stdout = control.receive()
+        run = messages.from_dict(messages.CaseRun, header)
+        if run.compile_error:
+            return messages.Judged(sample_id=sample_id, load="program_error", load_error=clean(run.compile_error, 3000))
+        if run.limit:
+            kind = "CPU" if run.limit in ("cpu", "sample") else "wall-clock"
+            status, message = "timeout", f"{kind} time limit exceeded ({run.cpu_s:.2f} s CPU, {run.wall_s:.2f} s wall)"
+        elif run.stdout_truncated:
+            status, message = "output_limit", "output limit exceeded"
+        else:
+            passed, why = self.rule(run.exit_status, stdout.decode("utf-8", "replace"), run.stderr, run.nonce)
+            status, message = ("passed", "") if passed else ("failed", why)
+            tail = run.stderr.strip().splitlines()[-1:]
+            if not passed and tail:
+                message += f": {tail[0]}"
+        log = CaseLog()
+        log.add(0, status, message, run.wall_s, run.cpu_s, run.max_rss_kib, run.limit if run.limit != "sample" else "cpu")
+        return messages.Judged(sample_id=sample_id, load="loaded", outcomes=tuple(log.outcomes), completed=True)
+
+
+JUDGES: dict[str, Any] = {"check": FunctionJudge, "snippets": FunctionJudge, "calls": CallJudge, "stdio": StdioJudge,
+                          "inline": InlineJudge}
 
 
 def main() -> None:

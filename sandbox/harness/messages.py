@@ -35,6 +35,11 @@ class Limits:
     case_cpu_time_s: float     # stdio: CPU of one case's run
     case_wall_time_s: float    # stdio: wall-clock backstop of one case's run
     case_output_max_bytes: int  # stdio: stdout judged per case; more is "output limit exceeded"
+    compile_cpu_time_s: float = 10.0   # compiled languages: CPU of the compile step (not counted in cpu_time_s)
+    compile_wall_time_s: float = 30.0
+    compile_memory_mib: int = 1024     # address space of each compiler process
+    compile_output_max_bytes: int = 65536  # compiler messages kept
+    build_max_bytes: int = 64 << 20    # what a compile step may leave in out/ for the runs
 
 
 @dataclass(frozen=True)
@@ -92,14 +97,46 @@ class StdioTests:
     apps_wrap: bool = False            # a program that does not compile is tried as APPS runs it: in a function
 
 
-Tests = Union[FunctionTests, CallTests, StdioTests]
-Form = Literal["check", "snippets", "calls", "stdio"]
+@dataclass(frozen=True)
+class InlineTests:
+    """Tests in the program's own language, appended to it (HumanEval-X, MultiPL-E): one run, judged by
+    ``rule`` on its exit status and output. ``code`` is trusted; the supervisor replaces ``NONCE_MARK`` in it
+    with a secret per sample, which the tests print once they have all run (an early ``exit(0)`` lacks it)."""
+
+    form: Literal["inline"]
+    code: str
+    rule: str                          # a rule of comparators.INLINE
+    preamble: str = ""                 # trusted text before the program (HumanEval-X's includes, Go's package)
+    support: tuple[tuple[str, str], ...] = ()  # (file name, trusted text) beside the program, e.g. Go's TestMain
+
+
+NONCE_MARK = "@@SANDBOX_NONCE@@"
+
+
+Tests = Union[FunctionTests, CallTests, StdioTests, InlineTests]
+Form = Literal["check", "snippets", "calls", "stdio", "inline"]
+
+
+@dataclass(frozen=True)
+class Toolchain:
+    """How programs of one language are built and run. Python (``native``) runs in the harness's own
+    interpreter; every other language writes ``source_name``, runs ``compile`` (if any) as a process of its
+    own uid in a build directory, and runs ``run`` once per case in a fresh directory holding a read-only
+    copy of what the compile step left in ``out/`` (``{out}`` in ``run``)."""
+
+    language: str
+    native: bool                       # Python: the harness's modes (serve, run) instead of exec
+    compile: tuple[str, ...] = ()      # argv; empty: nothing to compile (the source itself goes to out/)
+    run: tuple[str, ...] = ()          # argv; "{out}" is the build output, "{main}" the program's main name
+    env: tuple[tuple[str, str], ...] = ()  # extra environment for compile and run ("{home}": the working directory)
 
 
 @dataclass(frozen=True)
 class SampleProgram:
     id: str
     source: str
+    source_name: str = "main.py"       # file the program is written to (Java: its public class's name)
+    main: str = "main"                 # what {main} stands for in the run command (Java: the class to run)
 
 
 @dataclass(frozen=True)
@@ -109,6 +146,7 @@ class BatchRequest:
     samples: tuple[SampleProgram, ...]
     limits: Limits
     stop_on_first_failure: bool = False
+    toolchain: Toolchain = Toolchain(language="python", native=True)
 
 
 OutcomeStatus = Literal["passed", "failed", "error", "interrupted", "timeout", "output_limit", "memory_limit"]
@@ -284,16 +322,22 @@ class CaseRun:
     stdout_truncated: bool             # more than case_output_max_bytes: output limit exceeded
     stderr: str                        # its tail, for messages
     compile_error: str = ""            # the program did not compile (reported before any of it ran)
+    stdout_tail: str = ""              # inline tests: the last bytes of stdout (the nonce is printed last)
+    nonce: str = ""                    # inline tests: what the tests print once they have all run
 
 
 @dataclass(frozen=True)
 class ProgramBoot:
     """What the supervisor writes to a fresh program process: its program and how to run it, nothing else."""
 
-    mode: Literal["serve", "run"]      # serve: answer the driver's calls; run: run once on stdin (stdio)
-    source: str
+    mode: Literal["serve", "run", "exec"]  # serve: answer the driver's calls; run: Python once on stdin;
+    source: str                        # exec: execve ``argv`` (a compiler, or a built program once on stdin)
     cpu_s: int                         # RLIMIT_CPU for this process (the run's own limit)
     apps_wrap: bool = False            # run: if it does not compile, try it as APPS's harness would
+    argv: tuple[str, ...] = ()         # exec: the command, looked up on PATH
+    memory_bytes: int = 0              # RLIMIT_AS, lowered from what the spare was forked with (0: kept)
+    files: tuple[tuple[str, str], ...] = ()  # exec: (name, text) written to the working directory first
+    env: tuple[tuple[str, str], ...] = ()    # exec: added to the environment
 
 
 # -- building messages from JSON inside the sandbox (trusted senders) ------------------------------

@@ -8,6 +8,9 @@ and how to run it, then runs the program as the module ``__main__``:
   functions, read attributes of objects the program made, end. Every reply is the value in the
   exact-type encoding of ``values.py``.
 * ``run``: runs once with stdin on fd 0 and exits as ``python3 main.py`` would (stdio cases).
+* ``exec``: other languages: writes the boot's files (a compile step's source) into the working
+  directory and replaces itself with the boot's command (a compiler, or the built program). The
+  uid, limits and seccomp filter stay: they survive exec, and no_new_privs forbids gaining any.
 
 This process never holds the test code, expected values, or other samples' data; whatever it
 writes on fd 5 is only ever taken as *its own* answer, parsed by the driver as hostile.
@@ -148,10 +151,30 @@ def main() -> None:
     os.close(BOOT_FD)
     if boot["cpu_s"]:
         resource.setrlimit(resource.RLIMIT_CPU, (boot["cpu_s"], boot["cpu_s"] + 1))
-    if boot["mode"] == "run":
+    if boot["memory_bytes"]:  # spares are forked with room for a compiler; each boot lowers it to its own
+        resource.setrlimit(resource.RLIMIT_AS, (boot["memory_bytes"], boot["memory_bytes"]))
+    if boot["mode"] == "exec":
+        execute(boot["argv"], boot["files"], boot["env"])
+    elif boot["mode"] == "run":
         run(boot["source"], boot.get("apps_wrap") is True)
     else:
         serve(boot["source"])
+
+
+def execute(argv: list[str], files: list[list[str]], env: list[list[str]]) -> None:
+    """Become the boot's command, in this process (the supervisor accounts for it by this pid and uid)."""
+    os.close(REQUEST_FD)
+    os.close(REPLY_FD)
+    os.makedirs("out", exist_ok=True)
+    for name, text in files:
+        with open(name, "w", encoding="utf-8", errors="surrogatepass") as handle:
+            handle.write(text)
+    os.environ.update({key: value.replace("{home}", os.getcwd()) for key, value in env})
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as exc:  # the toolchain's own command is missing: the image is broken, said on stderr
+        os.write(2, f"sandbox: cannot run {argv[0]}: {exc.strerror}\n".encode())
+        os._exit(127)
 
 
 def apps_wrapped(source: str) -> str:

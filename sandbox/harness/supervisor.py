@@ -25,6 +25,7 @@ Replies to the host are HMAC-authenticated frames on stdout.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import os
 import select
@@ -32,7 +33,7 @@ import signal
 import socket
 import sys
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any, Iterable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -41,7 +42,7 @@ sys.path.insert(0, HERE)
 import hardening  # noqa: E402
 import messages  # noqa: E402
 import protocol  # noqa: E402
-from messages import BatchRequest, CaseRun, Judged, Limits, SampleReport  # noqa: E402
+from messages import BatchRequest, CaseRun, Judged, Limits, SampleReport, Toolchain  # noqa: E402
 
 SCRATCH_ROOT = "/scratch"        # one tmpfs per slot: /scratch/<slot>, root-owned 0711
 SHM = "/dev/shm"
@@ -57,6 +58,8 @@ WIPE_DEADLINE_S = 5.0
 FORK_DEADLINE_S = 60.0           # the zygote must deliver a fork within this, or the sandbox is given up
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 DRIVER_STDERR_BYTES = 8192
+BUILD_MAX_ENTRIES = 5000         # files and directories a compile step may leave for the runs
+BUILD_CACHE_BYTES = 256 << 20    # builds kept for identical programs (content-keyed), in memory
 NUL = b"\0"
 
 
@@ -286,6 +289,69 @@ def compile_error(status: Capture) -> str:
         return ""  # killed before it said anything: the run's own outcome tells
 
 
+def harvest_build(root: str, max_bytes: int) -> dict[str, tuple[int, bytes]] | str:
+    """What a compile step left under ``root``, read as root from a directory its uid controlled: regular
+    files and directories only (links and anything else skipped), never followed, bounded in number and size.
+    The build, or why it cannot be used (the program's fault: its compile step made it so)."""
+    found: dict[str, tuple[int, bytes]] = {}
+    total, entries = 0, 0
+    pending = [""]
+    while pending:
+        folder = pending.pop()
+        try:
+            here = os.path.join(root, folder)
+            os.lchown(here, 0, 0)
+            os.chmod(here, 0o700)
+            listing = list(os.scandir(here))
+        except OSError:
+            return "the compile step left no output" if not folder else f"cannot read {folder!r} of the build"
+        for entry in listing:  # the compile uid's processes are gone: its files are taken back (root has no DAC
+            entries += 1       # override), never followed
+            try:
+                os.lchown(entry.path, 0, 0)
+            except OSError:
+                continue
+            if entries > BUILD_MAX_ENTRIES:
+                return f"the build has more than {BUILD_MAX_ENTRIES} files"
+            name = os.path.join(folder, entry.name)
+            if entry.is_dir(follow_symlinks=False):
+                if name.count("/") < 32:
+                    pending.append(name)
+                continue
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            try:
+                mode = entry.stat(follow_symlinks=False).st_mode
+                os.chmod(entry.path, 0o400 | (mode & 0o111))
+                fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except OSError:
+                continue
+            try:
+                info = os.fstat(fd)
+                if not stat_is_regular(info.st_mode) or total + info.st_size > max_bytes:
+                    if stat_is_regular(info.st_mode):
+                        return f"the build is larger than {max_bytes >> 20} MiB"
+                    continue
+                chunks, size = [], 0
+                while size <= info.st_size:
+                    chunk = os.read(fd, 1 << 20)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    size += len(chunk)
+            finally:
+                os.close(fd)
+            total += size
+            if total > max_bytes:
+                return f"the build is larger than {max_bytes >> 20} MiB"
+            found[name] = (0o555 if info.st_mode & 0o111 else 0o444, b"".join(chunks))
+    return found if found else "the compile step left no output"
+
+
+def stat_is_regular(mode: int) -> bool:
+    return (mode & 0o170000) == 0o100000
+
+
 def framed(body: bytes) -> bytes:
     return protocol.HEADER.pack(len(body)) + body
 
@@ -356,11 +422,13 @@ class Program:
         self.fork_s = 0.0              # how long the zygote took to deliver it (ahead of need, as a spare)
 
     def boot(self, mode: str, source: str, cpu_s: float, wall_s: float, stdin: bytes, out_cap: int,
-             apps_wrap: bool = False) -> None:
+             apps_wrap: bool = False, argv: tuple[str, ...] = (), files: tuple[tuple[str, str], ...] = (),
+             memory_bytes: int = 0, env: tuple[tuple[str, str], ...] = ()) -> None:
         self.started = time.monotonic()
         self.cpu_limit, self.wall_limit = cpu_s, wall_s
         self.out.cap = out_cap
-        boot = messages.ProgramBoot(mode=mode, source=source, cpu_s=int(cpu_s) + 1, apps_wrap=apps_wrap)  # type: ignore[arg-type]
+        boot = messages.ProgramBoot(mode=mode, source=source, cpu_s=int(cpu_s) + 1, apps_wrap=apps_wrap,  # type: ignore[arg-type]
+                                    argv=argv, files=files, memory_bytes=memory_bytes, env=env)
         stdin_fd, boot_fd = self.unbooted
         self.unbooted = []
         self.writers = [Writer(boot_fd, framed(json.dumps(messages.to_dict(boot)).encode())), Writer(stdin_fd, stdin)]
@@ -495,6 +563,12 @@ class Run:
         self.timings: dict[str, float] = {}
         self.next_poll = self.started + CPU_POLL_S
         self.waiting_case: int | None = None      # stdio: a case the driver asked for, waiting for a spare
+        # other languages: the build every case runs (relative path -> (mode, bytes)), made once per sample
+        self.nonce = os.urandom(16).hex()         # inline tests print it after the last test
+        self.build: dict[str, tuple[int, bytes]] | None = None
+        self.build_key = ""
+        self.building = False                     # run.program is the compile step, not a case
+        self.compile_error = ""
 
     def cpu_s(self) -> float:
         return self.cpu_done + (self.program.cpu_s() if self.program else 0.0)
@@ -514,6 +588,7 @@ class Supervisor:
         self.programs: dict[int, Program] = {}         # pid -> program, from spare to cleanup
         self.job: messages.DriverJob | None = None
         self.request: BatchRequest | None = None
+        self.builds: OrderedDict[str, dict[str, tuple[int, bytes]] | str] = OrderedDict()  # key -> build or compile error
         for slot in range(slots):
             os.makedirs(os.path.join(SCRATCH_ROOT, str(slot)), exist_ok=True)
         self.replenish()
@@ -533,7 +608,9 @@ class Supervisor:
             scratch = os.path.join(SCRATCH_ROOT, str(slot), str(uid))
             os.mkdir(scratch, 0o700)
             os.chown(scratch, uid, uid)
-            rlimits = messages.Rlimits(cpu_s=0, memory_bytes=self.limits.memory_mib << 20,
+            # the compile step may need more address space than a run: each boot lowers it to its own
+            memory = max(self.limits.memory_mib, self.limits.compile_memory_mib) << 20
+            rlimits = messages.Rlimits(cpu_s=0, memory_bytes=memory,
                                        file_size_bytes=self.limits.file_size_mib << 20,
                                        open_files=self.limits.open_files, processes=self.limits.processes)
             self.pending[self.zygote.request("program", uid, scratch, rlimits)] = ("program", (uid, scratch),
@@ -584,7 +661,7 @@ class Supervisor:
         self.request = request
         self.job = messages.DriverJob(tests=request.tests, stop_on_first_failure=request.stop_on_first_failure,
                                       reply_max_bytes=request.limits.reply_max_bytes)
-        stdio = request.tests.form == "stdio"
+        stdio = request.tests.form in ("stdio", "inline")  # the supervisor runs the program per case
         pending = deque(request.samples)
         reports: list[SampleReport] = []
         try:
@@ -607,6 +684,134 @@ class Supervisor:
         return messages.BatchReply(op="result", samples=tuple(reports), unrun=tuple(s.id for s in pending),
                                    healthy=not self.taint, anomalies=(clean(self.taint, 500),) if self.taint else ())
 
+    @property
+    def toolchain(self) -> Toolchain | None:
+        return self.request.toolchain if self.request is not None else None
+
+    # -- other languages: one build per sample, then a run per case ----------------------------------
+    def program_files(self, run: Run) -> tuple[tuple[str, str], ...]:
+        """The files of a sample's build: its program (with the inline tests after it) and the tests' own."""
+        assert self.request is not None
+        tests, sample = self.request.tests, run.sample
+        if tests.form != "inline":
+            return ((sample.source_name, sample.source),)
+        source = tests.preamble + sample.source + "\n" + tests.code.replace(messages.NONCE_MARK, run.nonce)
+        return ((sample.source_name, source),
+                *((name, text.replace(messages.NONCE_MARK, run.nonce)) for name, text in tests.support))
+
+    def begin_build(self, run: Run) -> None:
+        """Compile the sample once (or find the same files built before); cases wait for it."""
+        toolchain = self.toolchain
+        assert toolchain is not None
+        files = self.program_files(run)
+        if not toolchain.compile:  # interpreted: the source itself is what every run reads
+            run.build = {name: (0o444, text.encode("utf-8", "surrogatepass")) for name, text in files}
+            return
+        # the nonce differs per sample, so inline builds never share; identical stdio programs do
+        run.build_key = hashlib.sha256(json.dumps([files, toolchain.compile, toolchain.env, run.sample.main]).encode(
+            "utf-8", "surrogatepass")).hexdigest()
+        known = self.builds.get(run.build_key)
+        if known is not None:
+            self.builds.move_to_end(run.build_key)
+            if isinstance(known, str):
+                run.compile_error = known
+            else:
+                run.build = known
+            run.timings["build_cached"] = 1.0
+            return
+        program = self.take_spare()
+        if program is None:
+            run.building = True  # check() tries again when a spare arrives
+            return
+        limits = self.limits
+        program.boot("exec", "", limits.compile_cpu_time_s, limits.compile_wall_time_s, b"", limits.compile_output_max_bytes,
+                     argv=self.expand(toolchain.compile, run), files=files, memory_bytes=limits.compile_memory_mib << 20,
+                     env=toolchain.env)
+        program.run_alone()
+        run.program, run.building = program, True
+
+    def expand(self, argv: tuple[str, ...], run: Run) -> tuple[str, ...]:
+        return tuple(part.replace("{main}", run.sample.main).replace("{source}", run.sample.source_name) for part in argv)
+
+    def check_build(self, run: Run, now: float) -> None:
+        program = run.program
+        if program is None:
+            self.begin_build(run)
+            return
+        if not program.limit:
+            if now >= run.next_poll:
+                run.next_poll = now + CPU_POLL_S
+                program.account()
+                if program.cpu_s() >= program.cpu_limit:
+                    self.stop_build(program, "cpu")
+            if not program.limit and now >= program.started + program.wall_limit:
+                self.stop_build(program, "wall")
+        if program.done() or (program.limit and program.exited is not None):
+            self.build_finished(run, program)
+
+    def stop_build(self, program: Program, limit: str) -> None:
+        program.limit, program.stopped_at = limit, time.monotonic()
+        kill_uid(program.uid, self.zygote.pid)
+
+    def build_finished(self, run: Run, program: Program) -> None:
+        """Keep what the compile step left in out/ (or its messages), after every process of it is gone."""
+        assert program.exited is not None
+        status = os.waitstatus_to_exitcode(program.exited.status)
+        outcome: dict[str, tuple[int, bytes]] | str = ""
+
+        def harvest(done: Program) -> None:
+            nonlocal outcome
+            if program.limit:
+                kind = "CPU" if program.limit == "cpu" else "wall-clock"
+                outcome = f"compile step exceeded its {kind} time limit ({program.cpu_s():.1f} s CPU)"
+            elif status != 0:
+                said = (done.err.text() + done.out.text()).strip()
+                outcome = clean(said[-3000:], 3000) or f"the compiler exited with status {status}"
+            else:
+                os.lchown(done.scratch, 0, 0)  # to reach out/ (the wipe takes it back anyway)
+                outcome = harvest_build(os.path.join(done.scratch, "out"), self.limits.build_max_bytes)
+
+        self.release(run, program, harvest)
+        run.program, run.building = None, False
+        run.timings.update(compile_s=round(time.monotonic() - program.started, 4), compile_cpu_s=round(program.cpu_s(), 4))
+        run.started = time.monotonic()  # the sample's own clocks start after its build
+        if isinstance(outcome, str):
+            run.compile_error = "compile error: " + (outcome or "the compile step ended without a result")
+        else:
+            run.build = outcome
+        if run.build_key and (run.build is not None or status != 0) and not program.limit:
+            self.builds[run.build_key] = run.build if run.build is not None else run.compile_error
+            while len(self.builds) > 1 and sum(len(b) if isinstance(b, str) else sum(len(d) for _, d in b.values())
+                                               for b in self.builds.values()) > BUILD_CACHE_BYTES:
+                self.builds.popitem(last=False)
+
+    def install_build(self, run: Run, program: Program) -> None:
+        """A root-owned, read-only copy of the sample's build in the case's own directory (``out/``)."""
+        assert run.build is not None
+        out = os.path.join(program.scratch, "out")
+        os.chown(program.scratch, 0, 0)  # root has no DAC override: the spare, not yet booted, waits meanwhile
+        try:
+            self.write_build(run.build, out)
+        finally:
+            os.chown(program.scratch, program.uid, program.uid)
+
+    @staticmethod
+    def write_build(build: dict[str, tuple[int, bytes]], out: str) -> None:
+        os.mkdir(out, 0o755)
+        folders = sorted({os.path.dirname(name) for name in build} - {""}, key=len)
+        for folder in folders:
+            os.makedirs(os.path.join(out, folder), 0o755, exist_ok=True)
+        for name, (mode, data) in build.items():
+            fd = os.open(os.path.join(out, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+        for folder in [*reversed(folders), ""]:
+            os.chmod(os.path.join(out, folder), 0o555)
+
     def can_start(self, slot: int, stdio: bool) -> bool:
         has_driver = slot in self.drivers or slot in self.spare_drivers
         return has_driver and (stdio or any(p.exited is None for p in self.spares))
@@ -624,15 +829,17 @@ class Supervisor:
             program = self.take_spare()
             assert program is not None  # can_start saw one
             program.boot("serve", sample.source, self.limits.cpu_time_s, self.limits.wall_time_s, b"",
-                         self.limits.output_max_bytes)
+                         self.limits.output_max_bytes, memory_bytes=self.limits.memory_mib << 20)
             run.program = program
             fds = [program.request_w, program.reply_r]
+        elif self.toolchain is not None and not self.toolchain.native:
+            self.begin_build(run)
         try:
             driver.cpu_base = cpu_of(driver.pid)
             driver.send(messages.Judge(op="judge", sample_id=sample.id), fds)
         except OSError:
             run.judge_fault, run.judged_at = driver.describe_death(), time.monotonic()
-        if run.program is not None:
+        if not stdio and run.program is not None:
             run.program.handed_over()
         self.runs[slot] = run
 
@@ -682,7 +889,7 @@ class Supervisor:
             timers.append(run.stopped_at + DRIVER_GRACE_S)
         if run.program is not None and not run.program.limit:
             timers.append(run.program.started + run.program.wall_limit)
-        if run.waiting_case is not None:
+        if run.waiting_case is not None and not run.building:
             timers.append(time.monotonic() + 0.01)
         return min(timers)
 
@@ -719,8 +926,11 @@ class Supervisor:
             raw = json.loads(data)
             if raw.get("op") == "run_case":
                 request = messages.from_dict(messages.RunCase, raw)
-                if run is not None and run.stdio and run.program is None and run.waiting_case is None:
-                    self.run_case(run, request.index)
+                if run is not None and run.stdio and run.waiting_case is None and (run.program is None or run.building):
+                    if run.building:
+                        run.waiting_case = request.index  # asked for once the build is done
+                    else:
+                        self.run_case(run, request.index)
                 return
             judged = messages.from_dict(Judged, raw)
         except (ValueError, AttributeError) as exc:
@@ -734,10 +944,11 @@ class Supervisor:
 
     def run_case(self, run: Run, index: int) -> None:
         """Run the program once on stdio case ``index``: a fresh process and uid, the case's input on stdin."""
-        assert self.request is not None and self.request.tests.form == "stdio"
-        if run.time_limit:  # the sample's own budget is spent: the case is not run
-            self.tell_case(run, CaseRun(op="case", index=index, exit_status=None, limit="sample", cpu_s=0.0, wall_s=0.0,
-                                        max_rss_kib=0, stdout_truncated=False, stderr=""), b"")
+        assert self.request is not None and self.request.tests.form in ("stdio", "inline")
+        if run.time_limit or run.compile_error:  # the sample's own budget is spent, or it did not build: not run
+            self.tell_case(run, CaseRun(op="case", index=index, exit_status=None, limit="" if run.compile_error else "sample",
+                                        cpu_s=0.0, wall_s=0.0, max_rss_kib=0, stdout_truncated=False, stderr="",
+                                        compile_error=run.compile_error), b"")
             return
         program = self.take_spare()
         if program is None:
@@ -749,9 +960,17 @@ class Supervisor:
         wall_left = run.started + limits.wall_time_s - time.monotonic()
         run.case = index
         tests = self.request.tests
-        program.boot("run", run.sample.source, max(0.01, min(limits.case_cpu_time_s, cpu_left)),
-                     max(0.01, min(limits.case_wall_time_s, wall_left)), tests.cases[index].input.encode(),
-                     limits.case_output_max_bytes, tests.apps_wrap)
+        cpu_s, wall_s = max(0.01, min(limits.case_cpu_time_s, cpu_left)), max(0.01, min(limits.case_wall_time_s, wall_left))
+        stdin = tests.cases[index].input.encode() if tests.form == "stdio" else b""
+        toolchain = self.request.toolchain
+        if toolchain.native:
+            assert tests.form == "stdio"
+            program.boot("run", run.sample.source, cpu_s, wall_s, stdin, limits.case_output_max_bytes, tests.apps_wrap,
+                         memory_bytes=limits.memory_mib << 20)
+        else:
+            self.install_build(run, program)
+            program.boot("exec", "", cpu_s, wall_s, stdin, limits.case_output_max_bytes, argv=self.expand(toolchain.run, run),
+                         memory_bytes=limits.memory_mib << 20, env=toolchain.env)
         program.run_alone()
         run.program = program
 
@@ -805,6 +1024,10 @@ class Supervisor:
         now = time.monotonic()
         if run.judged is not None or run.judge_fault:
             return run.program is None or run.program.exited is not None or now >= run.judged_at + EXIT_GRACE_S
+        if run.building:
+            self.check_build(run, now)
+            if run.building or run.waiting_case is None:
+                return False
         program = run.program
         if now >= run.next_poll:  # CPU, polled: the program's processes, and the driver judging them
             run.next_poll = now + CPU_POLL_S
@@ -859,7 +1082,8 @@ class Supervisor:
         report = CaseRun(op="case", index=run.case, exit_status=None if program.limit else status,
                          limit=program.limit, cpu_s=round(program.cpu_s(), 4), wall_s=round(wall, 4),  # type: ignore[arg-type]
                          max_rss_kib=exited.max_rss_kib, stdout_truncated=program.out.truncated,
-                         stderr=clean(program.err.text()[-2000:], 2000), compile_error=compile_error(program.compiled))
+                         stderr=clean(program.err.text()[-2000:], 2000), compile_error=compile_error(program.compiled),
+                         nonce=run.nonce)
         self.tell_case(run, report, bytes(program.out.data))
 
     def driver_gone(self, run: Run, reason: str) -> None:
@@ -869,8 +1093,9 @@ class Supervisor:
             driver.close()
 
     # -- after a program, after a sample ---------------------------------------------------------------
-    def release(self, run: Run, program: Program) -> None:
-        """End every process of the program's uid, read its output to the end, wipe its files."""
+    def release(self, run: Run, program: Program, harvest: Any = None) -> None:
+        """End every process of the program's uid, read its output to the end, (``harvest`` what it built,)
+        wipe its files."""
         try:
             killed = program.settle(self.zygote.pid) + kill_uid(program.uid, self.zygote.pid)
             if killed and not program.limit:
@@ -887,6 +1112,8 @@ class Supervisor:
                 else:
                     self.stream_event(program, fd)
         program.account()  # the swept zombies as settled, and the first process's own exit figures
+        if harvest is not None:
+            harvest(program)
         program.close_fds()
         self.programs.pop(program.pid, None)
         try:

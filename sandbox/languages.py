@@ -1,0 +1,230 @@
+"""The languages the service runs: each is one entry of ``LANGUAGES`` (data, not plumbing).
+
+An entry says which sandbox image holds its toolchain (``images/<image>/image.toml``), the file a
+program is written to, how it is compiled (inside the sandbox, as a process of its own uid, once
+per sample) and run (once per case, from a read-only copy of what the compile step left in
+``out/``), and how tests written in the language itself (HumanEval-X, MultiPL-E) are arranged so
+that they print the sample's nonce only after every test ran (``finale``).
+
+Python is the exception: the harness's own interpreter runs it (function calls judged by the
+trusted driver, or stdio cases), so it has no commands here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from sandbox.errors import JobValidationError
+from sandbox.harness.messages import NONCE_MARK, Toolchain
+
+__all__ = ["Language", "LANGUAGES", "language", "known_languages"]
+
+# What the tests print once all of them ran (the supervisor replaces the mark by a secret per sample).
+_NONCE_LINE = "\\n" + NONCE_MARK + "\\n"
+
+
+@dataclass(frozen=True)
+class Language:
+    name: str
+    image: str                                   # images/<image>/image.toml
+    title: str
+    aliases: tuple[str, ...] = ()
+    source_name: str = "main"                    # the file the program is written to
+    compile: tuple[str, ...] = ()                # argv in the build directory; writes into out/
+    run: tuple[str, ...] = ()                    # argv in the case's directory; out/ holds the build
+    env: tuple[tuple[str, str], ...] = ()
+    version: tuple[str, ...] = ()                # prints the toolchain's version (`sandbox images`)
+    # (program source) -> (source file name, main name): Java names the file after its public class
+    layout: Callable[[str], tuple[str, str]] | None = None
+    # (test code, program) -> (test code, support files) that print the nonce after the last test
+    finale: Callable[[str, str], tuple[str, tuple[tuple[str, str], ...]]] | None = None
+    # inline tests may build differently (Go: a test binary); None: as for stdio
+    inline_compile: tuple[str, ...] | None = None
+    inline_source_name: str | None = None
+    inline_main: str | None = None            # Java: the finale's class runs
+    forms: tuple[str, ...] = ("stdio", "inline_tests")  # JobSpec fields this language takes
+    notes: str = ""
+
+    @property
+    def native(self) -> bool:
+        return self.name == "python"
+
+    def toolchain(self, inline: bool = False) -> Toolchain:
+        compile_argv = self.inline_compile if inline and self.inline_compile is not None else self.compile
+        return Toolchain(language=self.name, native=self.native, compile=compile_argv, run=self.run, env=self.env)
+
+    def source_layout(self, source: str, inline: bool = False) -> tuple[str, str]:
+        """(file name, main name) of a program (with its inline tests after it, if any)."""
+        name, main = self.layout(source) if self.layout is not None else (self.source_name, "main")
+        if inline:
+            name, main = self.inline_source_name or name, self.inline_main or main
+        return name, main
+
+
+# -- finales: the tests' own end prints the nonce -----------------------------------------------------
+_C_MAIN = re.compile(r"\bint\s+main\s*\(\s*(void)?\s*\)")
+
+
+def _c_finale(tests: str, program: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """Rename the tests' ``main`` and call it from one that prints the nonce when it returns 0."""
+    if not _C_MAIN.search(tests):
+        raise JobValidationError("the C/C++ tests have no `int main()` to run")
+    match = _C_MAIN.search(tests)
+    assert match is not None
+    end = _body_end(tests, match.end())
+    if end < 0:
+        raise JobValidationError("the C/C++ tests' `main` has no body that ends")
+    # falling off the end of a non-void function is undefined in C++ (main alone returns 0): say it
+    renamed = tests[:match.start()] + "int sandbox_tests_main(void)" + tests[match.end():end] + "return 0;\n" + tests[end:]
+    return (renamed + "\n#include <stdio.h>\nint main(void) {\n    int status = sandbox_tests_main();\n"
+            f"    if (status == 0) {{ fputs(\"{_NONCE_LINE}\", stdout); fflush(stdout); }}\n    return status;\n}}\n"), ()
+
+
+def _body_end(text: str, start: int) -> int:
+    """Index of the ``}`` closing the first ``{`` at or after ``start`` (C-family text: strings, character
+    literals and comments skipped); -1 if it never closes."""
+    depth, i, n = 0, text.find("{", start), len(text)
+    if i < 0:
+        return -1
+    while i < n:
+        c = text[i]
+        if c in "\"'":
+            i += 1
+            while i < n and text[i] != c:
+                i += 2 if text[i] == "\\" else 1
+        elif text.startswith("//", i):
+            i = text.find("\n", i)
+            i = n if i < 0 else i
+        elif text.startswith("/*", i):
+            i = text.find("*/", i)
+            i = n if i < 0 else i + 1
+        elif c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return -1
+
+
+_JAVA_MAIN = re.compile(r"public\s+static\s+void\s+main\s*\(\s*(final\s+)?String\s*"
+                        r"(\[\s*\]\s*(\w+)|(\w+)\s*\[\s*\]|\.\.\.\s*(\w+))\s*\)")
+_JAVA_CLASS = re.compile(r"^\s*(?:public\s+)?(?:final\s+)?class\s+(\w+)", re.MULTILINE)
+_JAVA_PUBLIC_CLASS = re.compile(r"^\s*public\s+(?:final\s+)?class\s+(\w+)", re.MULTILINE)
+
+
+def _java_finale(tests: str, program: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    match = _JAVA_MAIN.search(tests)
+    owners = [m for m in _JAVA_CLASS.finditer(tests) if match and m.start() < match.start()]
+    if match is None or not owners:
+        raise JobValidationError("the Java tests have no `public static void main(String[] args)` in a class")
+    owner = owners[-1].group(1)
+    renamed = tests[:match.start()] + "public static void sandboxTestsMain(String[] args)" + tests[match.end():]
+    finale = ("\nclass SandboxFinale {\n    public static void main(String[] args) throws Throwable {\n"
+              f"        {owner}.sandboxTestsMain(args);\n        System.out.print(\"{_NONCE_LINE}\");\n"
+              "        System.out.flush();\n    }\n}\n")
+    return renamed + finale, ()
+
+
+def _java_layout(source: str) -> tuple[str, str]:
+    """javac wants a public class in a file of its name; a class with ``main`` is what runs."""
+    public = _JAVA_PUBLIC_CLASS.search(source)
+    name = public.group(1) if public else "Main"
+    return f"{name}.java", name
+
+
+def _js_finale(tests: str, program: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    return tests + f"\n;process.stdout.write(\"{_NONCE_LINE}\");\n", ()
+
+
+_GO_PACKAGE = re.compile(r"^\s*package\s+(\w+)", re.MULTILINE)
+
+
+def _go_finale(tests: str, program: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """A TestMain in a file of its own (Go wants imports first): prints the nonce when every test passed."""
+    package = _GO_PACKAGE.search(program) or _GO_PACKAGE.search(tests)
+    if package is None:
+        raise JobValidationError("the Go program has no `package` clause")
+    return tests, (("sandbox_finale_test.go", f"package {package.group(1)}\n\nimport (\n\tsandboxfmt \"fmt\"\n"
+                    "\tsandboxos \"os\"\n\tsandboxtesting \"testing\"\n)\n\n"
+                    "func TestMain(m *sandboxtesting.M) {\n\tcode := m.Run()\n"
+                    f"\tif code == 0 {{\n\t\tsandboxfmt.Print(\"{_NONCE_LINE}\")\n\t}}\n\tsandboxos.Exit(code)\n}}\n"),)
+
+
+_RUST_MAIN = re.compile(r"\bfn\s+main\s*\(\s*\)")
+_RUST_TEST = re.compile(r"#\[test\]\s*fn\s+(\w+)")
+
+
+def _rust_finale(tests: str, program: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """MultiPL-E: the tests are ``fn main``; HumanEval-X: ``#[test]`` functions in ``mod tests``, called here."""
+    finale = f"    println!(\"{{}}\", \"{_NONCE_LINE}\".trim());\n}}\n"
+    if _RUST_MAIN.search(tests):
+        renamed = _RUST_MAIN.sub("fn sandbox_tests_main()", tests, count=1)
+        return renamed + "\nfn main() {\n    sandbox_tests_main();\n" + finale, ()
+    names = _RUST_TEST.findall(tests)
+    if not names:
+        raise JobValidationError("the Rust tests have neither `fn main()` nor `#[test]` functions")
+    body = _RUST_TEST.sub(lambda m: f"pub fn {m.group(1)}", tests)
+    body = re.sub(r"\bmod\s+tests\b", "pub mod tests", body, count=1).replace("#[cfg(test)]", "")
+    calls = "".join(f"    tests::{name}();\n" for name in names)
+    return body + "\nfn main() {\n" + calls + finale, ()
+
+
+# -- the registry ----------------------------------------------------------------------------------
+_GCC_NOTE = "gcc/g++ 12 (Debian bookworm), Boost 1.74 and OpenSSL 3 headers"
+LANGUAGES: dict[str, Language] = {entry.name: entry for entry in (
+    Language("python", "python", "Python 3.11", aliases=("py", "python3"), source_name="main.py",
+             version=("python3", "--version"), forms=("check", "tests", "stdio", "calls")),
+    Language("c", "gcc", "C (gcc, C17)", source_name="main.c",
+             compile=("gcc", "-O2", "-std=gnu17", "-pipe", "-o", "out/main", "main.c", "-lm", "-lcrypto", "-lssl"),
+             run=("out/main",), version=("gcc", "--version"), notes=_GCC_NOTE, finale=_c_finale),
+    Language("cpp", "gcc", "C++ (g++, C++17)", aliases=("c++", "cxx"), source_name="main.cpp",
+             compile=("g++", "-O2", "-std=gnu++17", "-pipe", "-o", "out/main", "main.cpp", "-lcrypto", "-lssl"),
+             run=("out/main",), version=("g++", "--version"), notes=_GCC_NOTE, finale=_c_finale),
+    Language("java", "java", "Java (OpenJDK 17)", source_name="Main.java",
+             compile=("javac", "-J-Xss8m", "-J-XX:+UseSerialGC", "-J-XX:TieredStopAtLevel=1", "-encoding", "UTF-8",
+                      "-cp", "/usr/share/java/javatuples.jar", "-d", "out", "{source}"),
+             run=("java", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Xss64m", "-ea",
+                  "-cp", "out:/usr/share/java/javatuples.jar", "{main}"),
+             version=("javac", "-version"), layout=_java_layout, finale=_java_finale, inline_main="SandboxFinale",
+             notes="javatuples 1.2 on the class path (MultiPL-E imports it); assertions on (-ea)"),
+    Language("javascript", "node", "JavaScript (Node.js 18)", aliases=("js", "node"), source_name="main.js",
+             run=("node", "--stack-size=8192", "out/main.js"), version=("node", "--version"), finale=_js_finale),
+    Language("typescript", "node", "TypeScript (tsc 4.8, Node.js 18)", aliases=("ts",), source_name="main.ts",
+             compile=("tsc", "--target", "es2020", "--module", "commonjs", "--types", "node", "--outDir", "out", "main.ts"),
+             run=("node", "--stack-size=8192", "out/main.js"), version=("tsc", "--version"), finale=_js_finale),
+    Language("go", "go", "Go 1.19", aliases=("golang",), source_name="main.go",
+             compile=("go", "build", "-o", "out/main", "main.go"), run=("out/main",),
+             env=(("GOCACHE", "{home}/.cache"), ("GOPATH", "/usr/share/gocode"), ("GO111MODULE", "off"),
+                  ("GOFLAGS", "-mod=mod"), ("GOMAXPROCS", "1"), ("CGO_ENABLED", "0")),
+             version=("go", "version"), finale=_go_finale, inline_source_name="main_test.go",
+             inline_compile=("go", "test", "-c", "-o", "out/main"),
+             notes="testify from Debian (GOPATH mode, offline); inline tests run as a test binary"),
+    Language("rust", "rust", "Rust 1.63 (edition 2021)", aliases=("rs",), source_name="main.rs",
+             compile=("rustc", "--edition", "2021", "-O", "-L", "dependency=/opt/rust/deps", "--extern",
+                      "rand=/opt/rust/deps/librand.rlib", "--extern", "regex=/opt/rust/deps/libregex.rlib",
+                      "--extern", "md5=/opt/rust/deps/libmd5.rlib", "-o", "out/main", "main.rs"),
+             run=("out/main",), version=("rustc", "--version"), finale=_rust_finale,
+             notes="crates rand 0.8, regex 1.7, md5 0.7 from Debian, prebuilt in the image"),
+)}
+
+_ALIASES = {alias: entry.name for entry in LANGUAGES.values() for alias in (entry.name, *entry.aliases)}
+
+
+def known_languages() -> str:
+    return ", ".join(LANGUAGES)
+
+
+def language(name: str) -> Language:
+    """The registry entry for ``name`` or one of its aliases; ``JobValidationError`` naming the known ones."""
+    canonical = _ALIASES.get(name.lower())
+    if canonical is None:
+        raise JobValidationError(f"unsupported language {name!r}: this service runs {known_languages()}")
+    return LANGUAGES[canonical]
+
+
+def canonical_name(name: str) -> str | None:
+    return _ALIASES.get(name.lower())
