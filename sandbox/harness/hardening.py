@@ -52,18 +52,21 @@ def become(uid: int) -> None:
 # * create SysV shared memory, semaphores or message queues (shmget, semget, msgget): they outlive
 #   the process that made them, so one stdio case could hand state to the next (the supervisor
 #   still counts them after every sample, in case one ever appears);
-# * change what SIGCHLD does (rt_sigaction(SIGCHLD, act) with an act; asking is allowed): ignoring
-#   it, or SA_NOCLDWAIT, makes the kernel discard ended children without adding their CPU time to
-#   anyone's, so CPU spent in short-lived children would escape the sample's limit.
+# and, stacked on that by the program process itself (``guard``): change what SIGCHLD does
+# (rt_sigaction(SIGCHLD, act) with an act; asking is allowed): ignoring it, or SA_NOCLDWAIT, makes
+# the kernel discard ended children without adding their CPU time to anyone's, so CPU spent in
+# short-lived children would escape the sample's limit. Go's runtime must set a SIGCHLD handler:
+# its programs may instead make no process at all.
 # clone3 gets ENOSYS (its flags sit behind a pointer seccomp cannot read): libc then uses clone.
 _SYSCALLS = {
     "x86_64": {"denied": (272, 308, 165, 166, 155, 240, 241, 242, 243, 244, 245,  # unshare setns mount umount2
                           29, 64, 68),                                            # pivot_root mq_*; shm/sem/msgget
-               "clone": 56, "clone3": 435, "rt_sigaction": 13, "arch": 0xC000003E},
+               "clone": 56, "clone3": 435, "rt_sigaction": 13, "fork": (57, 58), "arch": 0xC000003E},
     "aarch64": {"denied": (97, 268, 40, 39, 41, 180, 181, 182, 183, 184, 185, 194, 190, 186),
-                "clone": 220, "clone3": 435, "rt_sigaction": 134, "arch": 0xC00000B7},
+                "clone": 220, "clone3": 435, "rt_sigaction": 134, "fork": (), "arch": 0xC00000B7},
 }
 _SIGCHLD = 17
+_CLONE_THREAD = 0x00010000
 _CLONE_NEW = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000 | 0x00000080
 _BPF_LD_W_ABS, _BPF_JEQ_K, _BPF_JSET_K, _BPF_RET_K = 0x20, 0x15, 0x45, 0x06
 _SECCOMP_RET_ALLOW, _SECCOMP_RET_ERRNO, _SECCOMP_RET_KILL = 0x7FFF0000, 0x00050000, 0x80000000
@@ -75,67 +78,105 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-def _seccomp_program() -> bytes:
-    """The filter as a list of (code, jump-if-true label, jump-if-false label, k), labels resolved to
+class _Assembler:
+    """A seccomp BPF program as (code, jump-if-true label, jump-if-false label, k), labels resolved to
     BPF's forward offsets ("" = the next instruction)."""
-    table = _SYSCALLS[os.uname().machine]
-    code: list[tuple[int, str, str, int]] = []
-    labels: dict[str, int] = {}
 
-    def op(opcode: int, k: int, true: str = "", false: str = "") -> None:
-        code.append((opcode, true, false, k))
+    def __init__(self) -> None:
+        self.code: list[tuple[int, str, str, int]] = []
+        self.labels: dict[str, int] = {}
+        self.table = _SYSCALLS[os.uname().machine]
+        self.op(_BPF_LD_W_ABS, _SECCOMP_DATA_ARCH)
+        self.op(_BPF_JEQ_K, self.table["arch"], false="kill")
+        self.op(_BPF_LD_W_ABS, _SECCOMP_DATA_NR)
 
-    def here(label: str) -> None:
-        labels[label] = len(code)
+    def op(self, opcode: int, k: int, true: str = "", false: str = "") -> None:
+        self.code.append((opcode, true, false, k))
 
-    op(_BPF_LD_W_ABS, _SECCOMP_DATA_ARCH)
-    op(_BPF_JEQ_K, table["arch"], false="kill")
-    op(_BPF_LD_W_ABS, _SECCOMP_DATA_NR)
-    for number in table["denied"]:
-        op(_BPF_JEQ_K, number, true="eperm")
-    op(_BPF_JEQ_K, table["clone"], true="clone")
-    op(_BPF_JEQ_K, table["clone3"], true="enosys")
-    op(_BPF_JEQ_K, table["rt_sigaction"], true="sigaction")
-    op(_BPF_RET_K, _SECCOMP_RET_ALLOW)                              # any other call
-    here("clone")                                                   # any CLONE_NEW* flag: refused
-    op(_BPF_LD_W_ABS, _SECCOMP_DATA_ARG0)
-    op(_BPF_JSET_K, _CLONE_NEW, true="eperm", false="allow")
-    here("sigaction")                                               # SIGCHLD with a new action: refused
-    op(_BPF_LD_W_ABS, _SECCOMP_DATA_ARG0)
-    op(_BPF_JEQ_K, _SIGCHLD, false="allow")
-    op(_BPF_LD_W_ABS, _SECCOMP_DATA_ARG1)                           # the act pointer, low word
-    op(_BPF_JEQ_K, 0, false="eperm")
-    op(_BPF_LD_W_ABS, _SECCOMP_DATA_ARG1 + 4)                       # high word: NULL only asks
-    op(_BPF_JEQ_K, 0, true="allow", false="eperm")
-    here("allow")                                                   # jumps go forward only: allow again here
-    op(_BPF_RET_K, _SECCOMP_RET_ALLOW)
-    here("eperm")
-    op(_BPF_RET_K, _SECCOMP_RET_ERRNO | _EPERM)
-    here("enosys")
-    op(_BPF_RET_K, _SECCOMP_RET_ERRNO | _ENOSYS)
-    here("kill")
-    op(_BPF_RET_K, _SECCOMP_RET_KILL)
+    def here(self, label: str) -> None:
+        self.labels[label] = len(self.code)
 
-    def offset(position: int, label: str) -> int:
-        if not label:
-            return 0
-        distance = labels[label] - position - 1
-        if not 0 <= distance <= 255:
-            raise ValueError(f"seccomp jump to {label} out of range")  # BPF jumps only forward, 8 bits
-        return distance
+    def assemble(self) -> bytes:
+        self.here("allow")                                          # jumps go forward only: the endings last
+        self.op(_BPF_RET_K, _SECCOMP_RET_ALLOW)
+        self.here("eperm")
+        self.op(_BPF_RET_K, _SECCOMP_RET_ERRNO | _EPERM)
+        self.here("enosys")
+        self.op(_BPF_RET_K, _SECCOMP_RET_ERRNO | _ENOSYS)
+        self.here("kill")
+        self.op(_BPF_RET_K, _SECCOMP_RET_KILL)
 
-    return b"".join(struct.pack("HBBI", opcode, offset(i, true), offset(i, false), k)
-                    for i, (opcode, true, false, k) in enumerate(code))
+        def offset(position: int, label: str) -> int:
+            if not label:
+                return 0
+            distance = self.labels[label] - position - 1
+            if not 0 <= distance <= 255:
+                raise ValueError(f"seccomp jump to {label} out of range")  # BPF jumps only forward, 8 bits
+            return distance
+
+        return b"".join(struct.pack("HBBI", opcode, offset(i, true), offset(i, false), k)
+                        for i, (opcode, true, false, k) in enumerate(self.code))
+
+
+def _seccomp_program() -> bytes:
+    """Every child of the zygote (drivers and programs): no namespaces, mounts, mqueues, SysV IPC."""
+    a = _Assembler()
+    for number in a.table["denied"]:
+        a.op(_BPF_JEQ_K, number, true="eperm")
+    a.op(_BPF_JEQ_K, a.table["clone"], true="clone")
+    a.op(_BPF_JEQ_K, a.table["clone3"], true="enosys")
+    a.op(_BPF_RET_K, _SECCOMP_RET_ALLOW)                            # any other call
+    a.here("clone")                                                 # any CLONE_NEW* flag: refused
+    a.op(_BPF_LD_W_ABS, _SECCOMP_DATA_ARG0)
+    a.op(_BPF_JSET_K, _CLONE_NEW, true="eperm", false="allow")
+    return a.assemble()
+
+
+def _guard_program(guard: str) -> bytes:
+    """A program's own guard for CPU accounting, stacked on the base filter before its code runs:
+
+    * ``sigchld``: SIGCHLD's action may not change (asking is allowed);
+    * ``no_fork``: no new processes at all (threads only), for runtimes that must set a SIGCHLD
+      handler of their own (Go): without children there is nothing whose CPU could vanish.
+    """
+    a = _Assembler()
+    if guard == "sigchld":
+        a.op(_BPF_JEQ_K, a.table["rt_sigaction"], false="allow")
+        a.op(_BPF_LD_W_ABS, _SECCOMP_DATA_ARG0)
+        a.op(_BPF_JEQ_K, _SIGCHLD, false="allow")
+        a.op(_BPF_LD_W_ABS, _SECCOMP_DATA_ARG1)                     # the act pointer, low word
+        a.op(_BPF_JEQ_K, 0, false="eperm")
+        a.op(_BPF_LD_W_ABS, _SECCOMP_DATA_ARG1 + 4)                 # high word: NULL only asks
+        a.op(_BPF_JEQ_K, 0, true="allow", false="eperm")
+    elif guard == "no_fork":
+        for number in a.table["fork"]:
+            a.op(_BPF_JEQ_K, number, true="eperm")
+        a.op(_BPF_JEQ_K, a.table["clone"], false="allow")
+        a.op(_BPF_LD_W_ABS, _SECCOMP_DATA_ARG0)
+        a.op(_BPF_JSET_K, _CLONE_THREAD, true="allow", false="eperm")
+    else:
+        raise ValueError(f"unknown guard {guard!r}")
+    return a.assemble()
 
 
 _PROGRAM = _seccomp_program()
+GUARDS = ("sigchld", "no_fork")
 
 
 def restrict_syscalls() -> None:
-    """Install the sample's seccomp filter (gVisor enforces it in its own kernel)."""
+    """Install the base seccomp filter (gVisor enforces it in its own kernel)."""
     if _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         raise HardeningError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
-    buffer = ctypes.create_string_buffer(_PROGRAM)
-    program = _SockFprog(len(_PROGRAM) // 8, ctypes.cast(buffer, ctypes.c_void_p))
+    _install(_PROGRAM)
+
+
+def guard(kind: str) -> None:
+    """Stack a program's guard (``GUARDS``) on the base filter; filters only ever add refusals."""
+    _install(_guard_program(kind))
+
+
+def _install(code: bytes) -> None:
+    buffer = ctypes.create_string_buffer(code)
+    program = _SockFprog(len(code) // 8, ctypes.cast(buffer, ctypes.c_void_p))
     if _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(program), 0, 0) != 0:
         raise HardeningError(ctypes.get_errno(), "seccomp filter was refused")

@@ -129,6 +129,8 @@ class Toolchain:
     compile: tuple[str, ...] = ()      # argv; empty: nothing to compile (the source itself goes to out/)
     run: tuple[str, ...] = ()          # argv; "{out}" is the build output, "{main}" the program's main name
     env: tuple[tuple[str, str], ...] = ()  # extra environment for compile and run ("{home}": the working directory)
+    compile_guard: str = "sigchld"     # hardening.GUARDS, or "none": what else a process of it may not do
+    run_guard: str = "sigchld"
 
 
 @dataclass(frozen=True)
@@ -338,6 +340,7 @@ class ProgramBoot:
     memory_bytes: int = 0              # RLIMIT_AS, lowered from what the spare was forked with (0: kept)
     files: tuple[tuple[str, str], ...] = ()  # exec: (name, text) written to the working directory first
     env: tuple[tuple[str, str], ...] = ()    # exec: added to the environment
+    guard: str = "sigchld"             # stacked on the seccomp filter before any of the program runs
 
 
 # -- building messages from JSON inside the sandbox (trusted senders) ------------------------------

@@ -25,6 +25,7 @@ import resource
 import sys
 import types
 
+import hardening
 import protocol
 import values
 
@@ -153,6 +154,8 @@ def main() -> None:
         resource.setrlimit(resource.RLIMIT_CPU, (boot["cpu_s"], boot["cpu_s"] + 1))
     if boot["memory_bytes"]:  # spares are forked with room for a compiler; each boot lowers it to its own
         resource.setrlimit(resource.RLIMIT_AS, (boot["memory_bytes"], boot["memory_bytes"]))
+    if boot["guard"] != "none":
+        hardening.guard(boot["guard"])
     if boot["mode"] == "exec":
         execute(boot["argv"], boot["files"], boot["env"])
     elif boot["mode"] == "run":

@@ -423,12 +423,12 @@ class Program:
 
     def boot(self, mode: str, source: str, cpu_s: float, wall_s: float, stdin: bytes, out_cap: int,
              apps_wrap: bool = False, argv: tuple[str, ...] = (), files: tuple[tuple[str, str], ...] = (),
-             memory_bytes: int = 0, env: tuple[tuple[str, str], ...] = ()) -> None:
+             memory_bytes: int = 0, env: tuple[tuple[str, str], ...] = (), guard: str = "sigchld") -> None:
         self.started = time.monotonic()
         self.cpu_limit, self.wall_limit = cpu_s, wall_s
         self.out.cap = out_cap
         boot = messages.ProgramBoot(mode=mode, source=source, cpu_s=int(cpu_s) + 1, apps_wrap=apps_wrap,  # type: ignore[arg-type]
-                                    argv=argv, files=files, memory_bytes=memory_bytes, env=env)
+                                    argv=argv, files=files, memory_bytes=memory_bytes, env=env, guard=guard)
         stdin_fd, boot_fd = self.unbooted
         self.unbooted = []
         self.writers = [Writer(boot_fd, framed(json.dumps(messages.to_dict(boot)).encode())), Writer(stdin_fd, stdin)]
@@ -726,7 +726,7 @@ class Supervisor:
         limits = self.limits
         program.boot("exec", "", limits.compile_cpu_time_s, limits.compile_wall_time_s, b"", limits.compile_output_max_bytes,
                      argv=self.expand(toolchain.compile, run), files=files, memory_bytes=limits.compile_memory_mib << 20,
-                     env=toolchain.env)
+                     env=toolchain.env, guard=toolchain.compile_guard)
         program.run_alone()
         run.program, run.building = program, True
 
@@ -766,7 +766,9 @@ class Supervisor:
                 outcome = f"compile step exceeded its {kind} time limit ({program.cpu_s():.1f} s CPU)"
             elif status != 0:
                 said = (done.err.text() + done.out.text()).strip()
-                outcome = clean(said[-3000:], 3000) or f"the compiler exited with status {status}"
+                if len(said) > 3000:  # the first errors say most; a crash's last lines say why
+                    said = said[:2000] + "\n...\n" + said[-900:]
+                outcome = clean(said, 3000) or f"the compiler exited with status {status}"
             else:
                 os.lchown(done.scratch, 0, 0)  # to reach out/ (the wipe takes it back anyway)
                 outcome = harvest_build(os.path.join(done.scratch, "out"), self.limits.build_max_bytes)
@@ -970,7 +972,7 @@ class Supervisor:
         else:
             self.install_build(run, program)
             program.boot("exec", "", cpu_s, wall_s, stdin, limits.case_output_max_bytes, argv=self.expand(toolchain.run, run),
-                         memory_bytes=limits.memory_mib << 20, env=toolchain.env)
+                         memory_bytes=limits.memory_mib << 20, env=toolchain.env, guard=toolchain.run_guard)
         program.run_alone()
         run.program = program
 
