@@ -118,6 +118,8 @@ class LanguageLimits(BaseModel):
     processes: int | None = Field(default=None, ge=4, le=4096)
     open_files: int | None = Field(default=None, ge=16, le=65536)
     cpus: float | None = Field(default=None, gt=0, le=64)
+    scratch_mib: int | None = Field(default=None, ge=1, le=65536)
+    file_size_mib: int | None = Field(default=None, ge=1, le=65536)
     compile_cpu_time_s: float | None = Field(default=None, gt=0, le=600)
     compile_wall_time_s: float | None = Field(default=None, gt=0, le=1200)
     compile_memory_mib: int | None = Field(default=None, ge=64, le=65536)
