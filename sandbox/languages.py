@@ -81,7 +81,10 @@ def _c_finale(tests: str, program: str) -> tuple[str, tuple[tuple[str, str], ...
         raise JobValidationError("the C/C++ tests' `main` has no body that ends")
     # falling off the end of a non-void function is undefined in C++ (main alone returns 0): say it
     renamed = tests[:match.start()] + "int sandbox_tests_main(void)" + tests[match.end():end] + "return 0;\n" + tests[end:]
-    return (renamed + "\n#include <stdio.h>\nint main(void) {\n    int status = sandbox_tests_main();\n"
+    # a program's macros would reach the tests (`#define __assert_fail(...)` silences every assert): the tests
+    # start with assert.h's own definitions again. A program can still forge in other ways (see README)
+    restore = "\n#undef NDEBUG\n#undef assert\n#undef __assert_fail\n#include <assert.h>\n"
+    return (restore + renamed + "\n#include <stdio.h>\nint main(void) {\n    int status = sandbox_tests_main();\n"
             f"    if (status == 0) {{ fputs(\"{_NONCE_LINE}\", stdout); fflush(stdout); }}\n    return status;\n}}\n"), ()
 
 
@@ -121,7 +124,9 @@ _JAVA_PUBLIC_CLASS = re.compile(r"^\s*public\s+(?:final\s+)?class\s+(\w+)", re.M
 
 def _java_finale(tests: str, program: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     match = _JAVA_MAIN.search(tests)
-    owners = [m for m in _JAVA_CLASS.finditer(tests) if match and m.start() < match.start()]
+    # the class holding main may open in the program (MultiPL-E's tests are the end of `class Problem`)
+    whole = program + "\n" + tests[:match.start()] if match else ""
+    owners = list(_JAVA_CLASS.finditer(whole))
     if match is None or not owners:
         raise JobValidationError("the Java tests have no `public static void main(String[] args)` in a class")
     owner = owners[-1].group(1)
@@ -143,6 +148,13 @@ def _js_finale(tests: str, program: str) -> tuple[str, tuple[tuple[str, str], ..
     return tests + f"\n;process.stdout.write(\"{_NONCE_LINE}\");\n", ()
 
 
+def _ts_finale(tests: str, program: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    # the image has no @types/node: `process` is reached untyped
+    return tests + f"\n;(globalThis as any).process.stdout.write(\"{_NONCE_LINE}\");\n", ()
+
+
+_GO_TEST_FLAGS = (("run", ""), ("list", ""), ("count", "1"), ("short", "false"), ("failfast", "false"),
+                  ("timeout", "0"), ("cpu", ""), ("parallel", "1"), ("shuffle", "off"), ("benchtime", "1s"), ("bench", ""))
 _GO_PACKAGE = re.compile(r"^\s*package\s+(\w+)", re.MULTILINE)
 
 
@@ -151,9 +163,13 @@ def _go_finale(tests: str, program: str) -> tuple[str, tuple[tuple[str, str], ..
     package = _GO_PACKAGE.search(program) or _GO_PACKAGE.search(tests)
     if package is None:
         raise JobValidationError("the Go program has no `package` clause")
-    return tests, (("sandbox_finale_test.go", f"package {package.group(1)}\n\nimport (\n\tsandboxfmt \"fmt\"\n"
-                    "\tsandboxos \"os\"\n\tsandboxtesting \"testing\"\n)\n\n"
-                    "func TestMain(m *sandboxtesting.M) {\n\tcode := m.Run()\n"
+    # the program's init() runs first and could set the test binary's flags (-test.run=^$ runs nothing): the
+    # finale puts the command line and those flags back before any test runs
+    resets = "".join(f"\tsandboxflag.Set(\"test.{name}\", \"{value}\")\n" for name, value in _GO_TEST_FLAGS)
+    return tests, (("sandbox_finale_test.go", f"package {package.group(1)}\n\nimport (\n\tsandboxflag \"flag\"\n"
+                    "\tsandboxfmt \"fmt\"\n\tsandboxos \"os\"\n\tsandboxtesting \"testing\"\n)\n\n"
+                    "func TestMain(m *sandboxtesting.M) {\n\tsandboxos.Args = sandboxos.Args[:1]\n" + resets +
+                    "\tcode := m.Run()\n"
                     f"\tif code == 0 {{\n\t\tsandboxfmt.Print(\"{_NONCE_LINE}\")\n\t}}\n\tsandboxos.Exit(code)\n}}\n"),)
 
 
@@ -209,7 +225,7 @@ LANGUAGES: dict[str, Language] = {entry.name: entry for entry in (
              run=("node", "--stack-size=8192", "out/main.js"), version=("node", "--version"), finale=_js_finale),
     Language("typescript", "node", "TypeScript (tsc 4.8, Node.js 18)", aliases=("ts",), source_name="main.ts",
              compile=("tsc", "--target", "es2020", "--module", "commonjs", "--outDir", "out", "main.ts"),
-             run=("node", "--stack-size=8192", "out/main.js"), version=("tsc", "--version"), finale=_js_finale),
+             run=("node", "--stack-size=8192", "out/main.js"), version=("tsc", "--version"), finale=_ts_finale),
     Language("go", "go", "Go 1.19", aliases=("golang",), source_name="main.go",
              compile=("sh", "-c", _GO_WARM + "exec go build -o out/main main.go"), run=("out/main",),
              inline_compile=("sh", "-c", _GO_WARM + "exec go test -c -o out/main"), inline_source_name="main_test.go",

@@ -261,8 +261,8 @@ def _go_imports(generation: str, setup: str) -> str:
     return ("import (\n" + "".join(f'    "{p}"\n' for p in used) + ")\n") if used else ""
 
 
-_MULTIPLE_LANGUAGES = {"cpp": "cpp", "java": "java", "js": "javascript", "ts": "typescript", "go_test.go": "go",
-                       "rs": "rust"}
+_MULTIPLE_LANGUAGES = {"cpp": "cpp", "java": "java", "js": "javascript", "javascript": "javascript", "ts": "typescript",
+                       "go_test.go": "go", "rs": "rust", "rust": "rust"}  # its data set's names, and its self-test's
 
 
 def read_multipl_e(row: dict[str, Any], public: int) -> Problem:

@@ -597,6 +597,11 @@ class CallJudge:
                                sample_fault=link.fault, unsupported=clean(values.REFUSED[0]) if values.REFUSED else "")
 
 
+# What runtimes print when an allocation fails: Python, C++, Java, Node.js, Go, Rust
+OUT_OF_MEMORY = ("MemoryError", "std::bad_alloc", "java.lang.OutOfMemoryError", "JavaScript heap out of memory",
+                 "runtime: out of memory", "memory allocation of ")
+
+
 class StdioJudge:
     """Stdio cases: the supervisor runs the program once per case; the output is judged here."""
 
@@ -639,9 +644,11 @@ class StdioJudge:
         if run.stdout_truncated:
             return "output_limit", "output limit exceeded"
         if run.exit_status != 0:
-            tail = run.stderr.strip().splitlines()[-1:] or [""]
-            if tail[0].startswith("MemoryError") or "std::bad_alloc" in tail[0]:  # how the runtime itself says it
-                return "memory_limit", f"memory limit exceeded: {tail[0]}"
+            lines = run.stderr.strip().splitlines()
+            tail = lines[-1:] or [""]
+            said = next((line for line in lines[-8:] if any(mark in line for mark in OUT_OF_MEMORY)), None)
+            if said is not None:  # how the runtime itself says it (the program could say so too: then it lied)
+                return "memory_limit", f"memory limit exceeded: {said.strip()[:200]}"
             if run.exit_status is not None and run.exit_status < 0:
                 name = signal.Signals(-run.exit_status).name if -run.exit_status in signal.valid_signals() else ""
                 return "error", f"runtime error: killed by signal {-run.exit_status} {name}".strip()

@@ -60,3 +60,18 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+LANGUAGE_IMAGES = ("gcc", "java", "node", "go", "rust")
+
+
+@pytest.fixture(scope="session")
+def language_images(client: docker.DockerClient, image: str) -> dict[str, str]:
+    """Every language's image, built side by side (debootstrap waits on the network more than the CPU);
+    each is rebuilt only when its definition or the harness changed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(LANGUAGE_IMAGES)) as builders:
+        futures = {name: builders.submit(build_image, client, load_definition(REPO_ROOT / "images", name), lambda _: None)
+                   for name in LANGUAGE_IMAGES}
+        return {name: future.result() for name, future in futures.items()}
