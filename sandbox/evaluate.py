@@ -42,6 +42,7 @@ class EvalOptions:
     reuse: bool = True
     extract: str = "none"              # "first" / "last": take the code out of a markdown answer
     stop_on_first_failure: bool = False
+    language: str | None = None        # the samples' language, for stdio problem sets (any language)
 
 
 @dataclass
@@ -102,7 +103,7 @@ def evaluate(client: Client, problems: dict[str, Problem], samples_path: Path, t
             if sample is None:
                 continue
             job = sample_job(line, sample, problems[sample.task_id], options.policy, options.extract,
-                             options.stop_on_first_failure)
+                             options.stop_on_first_failure, options.language)
             pending[job.id] = (order, sample, completion_ids[sample.task_id])
             completion_ids[sample.task_id] += 1
             order += 1
@@ -118,8 +119,9 @@ def evaluate(client: Client, problems: dict[str, Problem], samples_path: Path, t
             if result.verdict is Verdict.timeout and result.time_limit == "wall" and job_id not in first_try:
                 first_try[job_id] = result  # a wall-clock kill may be the machine's load: once more before it is final
                 order, sample, _ = pending[job_id]
-                submission.add([sample_job(0, sample, problems[sample.task_id], options.policy, options.extract,
-                                           options.stop_on_first_failure).model_copy(update={"id": job_id + RERUN})])
+                again = sample_job(0, sample, problems[sample.task_id], options.policy, options.extract,
+                                   options.stop_on_first_failure, options.language)
+                submission.add([again.model_copy(update={"id": job_id + RERUN})])
                 reruns += 1
                 continue
             if job_id in first_try:

@@ -197,9 +197,9 @@ _GO_WARM = "cp -r /opt/go/cache \"$GOCACHE\" && "
 
 # Inline tests (HumanEval-X, MultiPL-E) are built as their harnesses build them: without -O (cargo test's
 # debug profile; MultiPL-E's plain rustc), which also halves the compile time.
-_RUST_INLINE = ("rustc", "--edition", "2021", "-A", "warnings", "-L", "dependency=/opt/rust/deps",
-                "--extern", "rand=/opt/rust/deps/librand.rlib", "--extern", "regex=/opt/rust/deps/libregex.rlib", "--extern", "md5=/opt/rust/deps/libmd5.rlib",
-                "-o", "out/main", "main.rs")
+_RUST_CRATES = ("-L", "dependency=/opt/rust/deps", "--extern", "rand=/opt/rust/deps/librand.rlib",
+                "--extern", "regex=/opt/rust/deps/libregex.rlib", "--extern", "md5=/opt/rust/deps/libmd5.rlib")
+_RUST_INLINE = ("rustc", "--edition", "2021", "-A", "warnings", *_RUST_CRATES, "-o", "out/main", "main.rs")
 
 # -- the registry ----------------------------------------------------------------------------------
 _GCC_NOTE = "gcc/g++ 12 (Debian bookworm), Boost 1.74 and OpenSSL 3 headers"
@@ -238,9 +238,7 @@ LANGUAGES: dict[str, Language] = {entry.name: entry for entry in (
              notes="testify from Debian (GOPATH mode, offline, prebuilt in a warm build cache); inline tests run as "
                    "a test binary"),
     Language("rust", "rust", "Rust 1.63 (edition 2021)", aliases=("rs",), source_name="main.rs",
-             compile=("rustc", "--edition", "2021", "-O", "-A", "warnings", "-L", "dependency=/opt/rust/deps", "--extern",
-                      "rand=/opt/rust/deps/librand.rlib", "--extern", "regex=/opt/rust/deps/libregex.rlib",
-                      "--extern", "md5=/opt/rust/deps/libmd5.rlib", "-o", "out/main", "main.rs"),
+             compile=("rustc", "--edition", "2021", "-O", "-A", "warnings", *_RUST_CRATES, "-o", "out/main", "main.rs"),
              inline_compile=_RUST_INLINE, run=("out/main",), version=("rustc", "--version"), finale=_rust_finale,
              notes="crates rand 0.8, regex 1.7, md5 0.7 from Debian, prebuilt in the image"),
 )}
@@ -258,6 +256,14 @@ def language(name: str) -> Language:
     if canonical is None:
         raise JobValidationError(f"unsupported language {name!r}: this service runs {known_languages()}")
     return LANGUAGES[canonical]
+
+
+def images_by_name() -> dict[str, list[str]]:
+    """Sandbox image -> the languages it runs, in registry order."""
+    found: dict[str, list[str]] = {}
+    for entry in LANGUAGES.values():
+        found.setdefault(entry.image, []).append(entry.name)
+    return found
 
 
 def canonical_name(name: str) -> str | None:

@@ -667,6 +667,11 @@ class StdioJudge:
         return ("passed", "") if passed else ("failed", f"wrong answer: {why}")
 
 
+# Said in every passing inline result: the verdict rests on what the program's own process did.
+INLINE_GUARANTEE = ("inline tests passed: exit status 0 and the nonce after the last test; the tests ran in the "
+                    "program's own process, which a deliberate program can subvert (stdio cases cannot be)")
+
+
 class InlineJudge:
     """Tests in the program's own language: one run of program + tests, judged by its rule on the exit
     status and output (the program can forge these, except the nonce it never saw: see README)."""
@@ -688,7 +693,7 @@ class InlineJudge:
             status, message = "output_limit", "output limit exceeded"
         else:
             passed, why = self.rule(run.exit_status, stdout.decode("utf-8", "replace"), run.stderr, run.nonce)
-            status, message = ("passed", "") if passed else ("failed", why)
+            status, message = ("passed", INLINE_GUARANTEE) if passed else ("failed", why)
             tail = run.stderr.strip().splitlines()[-1:]
             if not passed and tail:
                 message += f": {tail[0]}"

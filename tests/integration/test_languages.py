@@ -276,6 +276,7 @@ def test_humaneval_x_canonical_solutions_pass_and_early_exits_fail(runner: Runne
     results = runner.run([*canonical, cheat, wrong, canonical[0].model_copy(update={"id": "again"})])
     assert [r.verdict for r in results[:len(tasks)]] == [Verdict.passed] * len(tasks), \
         [(r.verdict, r.error[:300], [t.message[:300] for t in r.tests]) for r in results]
+    assert all("program's own process" in r.tests[0].message for r in results[:len(tasks)])  # the guarantee, said
     cheated = results[len(tasks)]
     assert cheated.verdict is Verdict.failed, cheated
     if language != "go":  # Go's own test runner already fails a test that calls os.Exit(0)
