@@ -323,3 +323,34 @@ def test_inline_tests_cannot_be_switched_off_by_the_program(runner: Runner, imag
     assert go_result.verdict is Verdict.failed, go_result
     assert cpp_result.verdict is Verdict.failed, cpp_result
     assert honest_result.verdict is Verdict.passed, honest_result
+
+
+def test_evaluate_through_the_queue_for_humaneval_x_and_a_stdio_set_in_cpp(tmp_path: Path, images: dict[str, str]) -> None:
+    """`sandbox evaluate` end to end (CLI, Redis, a worker, gVisor) on HumanEval-X C++ canonical solutions, and
+    C++ answers to a stdio problem set (`--language cpp`)."""
+    from tests.integration.services import RedisServer, sandbox_cli, write_jsonl
+
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        rows = [json.loads(line) for line in gzip.open(DATA / "humaneval-x" / "humaneval_cpp.jsonl.gz", "rt")][:3]
+        write_jsonl(tmp_path / "cpp.jsonl", rows)
+        done = sandbox_cli(server.url, tmp_path, "evaluate", "--canonical", "--problems", str(tmp_path / "cpp.jsonl"),
+                           "--k", "1", "--local-workers", "1", "--json")
+        assert done.returncode == 0, done.stderr
+        assert _table(done.stdout)["pass@1"] == 1.0, done.stdout
+        stdio = [{"name": "sum", "public_tests": {"input": ["1 2\n"], "output": ["3\n"]},
+                  "private_tests": {"input": ["5 7\n"], "output": ["12\n"]}, "generated_tests": {"input": [], "output": []}}]
+        write_jsonl(tmp_path / "sum.jsonl", stdio)
+        write_jsonl(tmp_path / "answers.jsonl", [{"task_id": "sum", "completion": PROGRAMS["cpp"]["sum"]},
+                                                 {"task_id": "sum", "completion": PROGRAMS["cpp"]["wrong"]}])
+        done = sandbox_cli(server.url, tmp_path, "evaluate", str(tmp_path / "answers.jsonl"), "--problems",
+                           str(tmp_path / "sum.jsonl"), "--language", "cpp", "--k", "1", "--local-workers", "1", "--json")
+        assert done.returncode == 0, done.stderr
+        assert _table(done.stdout)["pass@1"] == 0.5, done.stdout
+    finally:
+        server.stop()
+
+
+def _table(stdout: str) -> dict[str, float]:
+    return json.loads(next(line for line in stdout.splitlines() if line.startswith("{")))
