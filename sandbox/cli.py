@@ -125,9 +125,14 @@ def setup(settings: Settings) -> None:
     build_image(docker_client(), load_definition(settings.images_dir), say=lambda line: click.echo(f"[image] {line}"))
 
 
-@main.group(context_settings=CONTEXT)
-def images() -> None:
-    """Build and inspect sandbox images (made from Debian packages; no registry needed)."""
+@main.group(context_settings=CONTEXT, invoke_without_command=True)
+@click.pass_context
+def images(ctx: click.Context) -> None:
+    """Build and inspect sandbox images (made from Debian packages; no registry needed).
+
+    Without a subcommand: `images list` (each image, its languages, size and toolchain version)."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(images_list)
 
 
 @images.command("build", context_settings=CONTEXT)
@@ -237,7 +242,7 @@ def run(settings: Settings, job_file: Path | None, code: Path | None, tests_file
     prepared = planner.prepare(job)  # bad input fails here, before any container starts
     client = docker_client()
     require_runtimes(client, {prepared.policy.runtime})
-    require_image(client, settings.images_dir, prepared.language.image)
+    require_image(client, settings.images_dir, prepared.language.image, prepared.language.name)
     pool = SandboxPool(client, owner_id(), warm=False)
     try:
         result = next(Runner(pool, planner, infra_attempts=settings.infra_attempts).iter_prepared([prepared]))
@@ -392,9 +397,9 @@ def _require_language_images(settings: Settings, problems: dict[str, Any], langu
         fail(str(exc))
     for image, name in sorted(images.items()):
         try:
-            require_image(docker_client(), settings.images_dir, image)
+            require_image(docker_client(), settings.images_dir, image, name)
         except SandboxError as exc:
-            fail(str(exc) + (f" --language {name}" if image != "python" else ""))
+            fail(str(exc))
 
 
 def _parse_ks(text: str) -> list[int]:

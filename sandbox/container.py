@@ -135,7 +135,8 @@ class Sandbox:
             self._container.start()
         except docker.errors.ImageNotFound as exc:
             self.close()
-            raise ImageMissing(f"sandbox image {image!r} is not built: run `sandbox images build`") from exc
+            raise ImageMissing(f"sandbox image {image!r} is not built: run `sandbox images build` (with --language NAME "
+                               "for a language other than Python)") from exc
         except docker.errors.APIError as exc:
             self.close()
             if "runtime" in str(exc).lower():

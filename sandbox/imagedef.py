@@ -29,6 +29,7 @@ class ImageDefinition:
     digest: str
     exec_scratch: bool = False          # programs are binaries run from scratch (else scratch is noexec)
     setup: tuple[str, ...] = ()         # shell commands run in the root filesystem after debootstrap
+    downloads: tuple[tuple[str, str, str], ...] = ()  # (url, sha256, directory): a pinned tarball unpacked there
 
     @property
     def tag(self) -> str:
@@ -37,8 +38,8 @@ class ImageDefinition:
     @property
     def rootfs_key(self) -> str:
         material = f"{self.suite}|{self.variant}|{','.join(sorted(self.packages))}"
-        if self.setup:
-            material += "|" + "\n".join(self.setup)
+        if self.setup or self.downloads:
+            material += "|" + "\n".join(self.setup) + "|" + repr(self.downloads)
         return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
@@ -55,7 +56,8 @@ def load_definition(images_dir: Path, language: str = "python") -> ImageDefiniti
     return ImageDefinition(name=data["name"], version=str(data["version"]), suite=data["suite"],
                            variant=data.get("variant", "minbase"), packages=tuple(data["packages"]),
                            digest=digest.hexdigest(), exec_scratch=bool(data.get("exec_scratch", False)),
-                           setup=tuple(data.get("setup", ())))
+                           setup=tuple(data.get("setup", ())),
+                           downloads=tuple((d["url"], d["sha256"], d["into"]) for d in data.get("downloads", ())))
 
 
 @lru_cache(maxsize=32)

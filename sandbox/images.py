@@ -28,11 +28,12 @@ CACHE_DIR = Path("/var/cache/sandbox-exec")
 MAX_SLOTS = 16  # samples one sandbox may run at once
 
 
-def require_image(client: docker.DockerClient, images_dir: Path, language: str = "python") -> str:
-    """The tag of the current image; ``ImageMissing`` if it has not been built."""
-    tag = load_definition(images_dir, language).tag
+def require_image(client: docker.DockerClient, images_dir: Path, image: str = "python", language: str = "") -> str:
+    """The tag of the current image; ``ImageMissing`` (saying how to build it) if it has not been built."""
+    tag = load_definition(images_dir, image).tag
     if not image_exists(client, tag):
-        raise ImageMissing(f"sandbox image {tag} is not built: run `sandbox images build`")
+        option = f" --language {language}" if language and language != "python" else ""
+        raise ImageMissing(f"sandbox image {tag} is not built: run `sandbox images build{option}`")
     return tag
 
 
@@ -114,6 +115,8 @@ def _rootfs(definition: ImageDefinition, say: Callable[[str], None]) -> Path:
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise InfrastructureError(f"debootstrap failed ({result.returncode}): {result.stderr[-2000:]}")
+    for url, sha256, into in definition.downloads:  # offline copies, fetched once at build time and pinned
+        _unpack_download(url, sha256, partial / into.lstrip("/"), say)
     if definition.setup:  # e.g. Debian packages debootstrap cannot resolve, prebuilt crates: cached with the rootfs
         resolv = partial / "etc/resolv.conf"
         shutil.copy2("/etc/resolv.conf", resolv)  # apt inside the chroot reaches the same mirror as the host
@@ -135,6 +138,38 @@ def _rootfs(definition: ImageDefinition, say: Callable[[str], None]) -> Path:
     (partial / "var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)
     partial.rename(rootfs)
     return rootfs
+
+
+def _unpack_download(url: str, sha256: str, target: Path, say: Callable[[str], None]) -> None:
+    """A tarball from a package registry, checked against its pinned digest, unpacked (its first path
+    component dropped, as npm's `package/`) into ``target``; regular files and directories only."""
+    import hashlib
+    import io
+    import urllib.request
+
+    say(f"download {url}")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            data = response.read(64 << 20)
+    except OSError as exc:
+        raise InfrastructureError(f"cannot download {url}: {exc}") from exc
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise InfrastructureError(f"{url} does not match its pinned sha256 {sha256}")
+    target.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
+        for member in archive.getmembers():
+            parts = Path(member.name).parts[1:]
+            if not parts or ".." in parts or not (member.isfile() or member.isdir()):
+                continue
+            destination = target.joinpath(*parts)
+            if member.isdir():
+                destination.mkdir(parents=True, exist_ok=True)
+                continue
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            source = archive.extractfile(member)
+            assert source is not None
+            destination.write_bytes(source.read())
+            destination.chmod(0o644)
 
 
 def _install_harness(rootfs: Path) -> None:

@@ -30,6 +30,7 @@ class SandboxPool:
         self._lock = threading.Lock()
         self._warming: list[threading.Thread] = []
         self._live: set[Sandbox] = set()
+        self._closed = False
         self.started = 0
 
     @property
@@ -65,6 +66,7 @@ class SandboxPool:
             self._live.discard(sandbox)
 
     def close(self) -> None:
+        self._closed = True  # a warm-up still starting closes its own sandbox when it is done
         for thread in self._warming:
             thread.join(timeout=30)
         with self._lock:
@@ -92,7 +94,10 @@ class SandboxPool:
                 log.warning("could not pre-start a sandbox: %s", exc)
                 return
             with self._lock:
-                self._idle[policy, image].append(sandbox)
+                if not self._closed:
+                    self._idle[policy, image].append(sandbox)
+                    return
+            self._close(sandbox)  # the pool closed meanwhile: nobody else would remove it
 
         self._warming = [t for t in self._warming if t.is_alive()]
         thread = threading.Thread(target=start, name="sandbox-warmup", daemon=True)
