@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import defaultdict
 
 import docker
@@ -66,9 +67,14 @@ class SandboxPool:
             self._live.discard(sandbox)
 
     def close(self) -> None:
-        self._closed = True  # a warm-up still starting closes its own sandbox when it is done
-        for thread in self._warming:
-            thread.join(timeout=30)
+        """Remove every idle sandbox, after the warm-ups under way finish (their threads are daemons: a worker
+        exiting mid-start would leave a container nobody removes); none starts after this."""
+        deadline = time.monotonic() + 60
+        with self._lock:
+            self._closed = True  # a warm-up still starting closes its own sandbox when it is done
+            warming = list(self._warming)
+        for thread in warming:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
         with self._lock:
             idle = [s for sandboxes in self._idle.values() for s in sandboxes]
             self._idle.clear()
@@ -99,7 +105,10 @@ class SandboxPool:
                     return
             self._close(sandbox)  # the pool closed meanwhile: nobody else would remove it
 
-        self._warming = [t for t in self._warming if t.is_alive()]
         thread = threading.Thread(target=start, name="sandbox-warmup", daemon=True)
-        self._warming.append(thread)
-        thread.start()
+        with self._lock:  # registered and started under the lock: close() either sees it or none starts
+            if self._closed:
+                return
+            self._warming = [t for t in self._warming if t.is_alive()]
+            self._warming.append(thread)
+            thread.start()

@@ -16,7 +16,7 @@ import psutil
 
 from sandbox.container import OWNER_LABEL, SERVICE_LABEL
 
-__all__ = ["orphans", "reap_orphans", "owner_alive_locally"]
+__all__ = ["orphans", "reap_orphans", "owner_alive_locally", "remove_own"]
 
 log = logging.getLogger(__name__)
 
@@ -58,4 +58,21 @@ def reap_orphans(client: docker.DockerClient, heartbeat_alive: Callable[[str], b
             continue
         removed.append(container.id)
         log.warning("removed sandbox %s left by %s", container.short_id, owner or "an unknown owner")
+    return removed
+
+
+def remove_own(client: docker.DockerClient, owner: str) -> list[str]:
+    """Force-remove every labelled container of ``owner`` (a worker leaving: whatever its pool's bookkeeping
+    missed, such as a sandbox a background start finished after the pool closed); returns their ids."""
+    removed = []
+    for container in client.containers.list(all=True, sparse=True, filters={"label": [SERVICE_LABEL,
+                                                                                        f"{OWNER_LABEL}={owner}"]}):
+        try:
+            container.remove(force=True)
+        except docker.errors.APIError as exc:  # NotFound included: gone meanwhile
+            if getattr(exc, "status_code", None) not in (404, 409):
+                log.warning("could not remove sandbox %s at exit: %s", container.short_id, exc)
+            continue
+        removed.append(container.id)
+        log.warning("removed sandbox %s the pool had lost track of", container.short_id)
     return removed

@@ -36,7 +36,7 @@ from sandbox.models import JobSpec, Verdict
 from sandbox.plan import Planner
 from sandbox.policy import LimitOverrides, load_all_policies
 from sandbox.pool import SandboxPool
-from sandbox.reaper import reap_orphans
+from sandbox.reaper import reap_orphans, remove_own
 from sandbox.runner import Runner
 from sandbox.settings import Settings
 from worker.tasks import WorkerContext, install
@@ -229,6 +229,10 @@ def serve(settings: Settings, queues: list[str], burst: bool, canary_policy: str
         health.ready = False
         stop.set()
         pool.close()
+        try:
+            remove_own(client, owner)  # by label: nothing of this worker's may outlive it
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            log.warning("could not sweep this worker's sandboxes at exit: %s", exc)
         try:
             broker.forget_worker(connection, owner)
         except redis.RedisError:

@@ -597,9 +597,9 @@ class CallJudge:
                                sample_fault=link.fault, unsupported=clean(values.REFUSED[0]) if values.REFUSED else "")
 
 
-# What runtimes print when an allocation fails: Python, C++, Java, Node.js, Go, Rust
-OUT_OF_MEMORY = ("MemoryError", "std::bad_alloc", "java.lang.OutOfMemoryError", "JavaScript heap out of memory",
-                 "runtime: out of memory", "memory allocation of ")
+# What runtimes other than Python print when an allocation fails: C++, Java, Node.js, Go, Rust
+OUT_OF_MEMORY = ("std::bad_alloc", "java.lang.OutOfMemoryError", "JavaScript heap out of memory",
+                 "fatal error: runtime: out of memory", "memory allocation of ")
 
 
 class StdioJudge:
@@ -646,8 +646,11 @@ class StdioJudge:
         if run.exit_status != 0:
             lines = run.stderr.strip().splitlines()
             tail = lines[-1:] or [""]
-            said = next((line for line in lines[-8:] if any(mark in line for mark in OUT_OF_MEMORY)), None)
-            if said is not None:  # how the runtime itself says it (the program could say so too: then it lied)
+            # how the runtime itself says it: Python's last word, or another runtime's fatal message before
+            # its stack trace (a program could print either itself: that changes only the name of its failure)
+            said = tail[0] if tail[0].startswith("MemoryError") else next(
+                (line for line in reversed(lines[-40:]) if any(mark in line for mark in OUT_OF_MEMORY)), None)
+            if said is not None:
                 return "memory_limit", f"memory limit exceeded: {said.strip()[:200]}"
             if run.exit_status is not None and run.exit_status < 0:
                 name = signal.Signals(-run.exit_status).name if -run.exit_status in signal.valid_signals() else ""

@@ -81,8 +81,8 @@ def test_runc_policy_warns_loudly(tmp_path: Path, caplog: pytest.LogCaptureFixtu
 
 
 def test_unknown_language_is_named() -> None:
-    with pytest.raises(ValidationError, match="unsupported language 'javascript'"):
-        JobSpec(language="javascript", program="x", check="def check(c): assert c", entry_point="f")
+    with pytest.raises(ValidationError, match="unsupported language 'cobol'"):
+        JobSpec(language="cobol", program="x", check="def check(c): assert c", entry_point="f")
 
 
 @pytest.mark.parametrize("fields, message", [
