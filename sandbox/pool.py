@@ -69,12 +69,15 @@ class SandboxPool:
     def close(self) -> None:
         """Remove every idle sandbox, after the warm-ups under way finish (their threads are daemons: a worker
         exiting mid-start would leave a container nobody removes); none starts after this."""
-        deadline = time.monotonic() + 60
+        started = time.monotonic()
         with self._lock:
             self._closed = True  # a warm-up still starting closes its own sandbox when it is done
             warming = list(self._warming)
         for thread in warming:
-            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+            thread.join(timeout=max(0.0, started + 60 - time.monotonic()))
+        if time.monotonic() - started > 10:
+            log.warning("closing the pool waited %.0f s for %d sandbox start(s) under way",
+                        time.monotonic() - started, len(warming))
         with self._lock:
             idle = [s for sandboxes in self._idle.values() for s in sandboxes]
             self._idle.clear()

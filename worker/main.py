@@ -228,7 +228,10 @@ def serve(settings: Settings, queues: list[str], burst: bool, canary_policy: str
     finally:
         health.ready = False
         stop.set()
+        closing = time.monotonic()
         pool.close()
+        if time.monotonic() - closing > 10:
+            log.warning("closing the sandbox pool took %.0f s", time.monotonic() - closing)
         try:
             remove_own(client, owner)  # by label: nothing of this worker's may outlive it
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:

@@ -89,8 +89,8 @@ class Worker:
 
     def close(self) -> None:
         """Stop as an operator would (SIGTERM); SIGKILL only if it hangs."""
-        try:
-            self.terminate(timeout_s=60)
+        try:  # a worker finishes its batch in hand and its sandboxes' warm-ups before it leaves
+            self.terminate(timeout_s=150)
         except subprocess.TimeoutExpired:
             self.kill()
         self.log.close()
