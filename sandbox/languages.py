@@ -174,7 +174,7 @@ def _go_finale(tests: str, program: str) -> tuple[str, tuple[tuple[str, str], ..
 
 
 _RUST_MAIN = re.compile(r"\bfn\s+main\s*\(\s*\)")
-_RUST_TEST = re.compile(r"#\[test\]\s*fn\s+(\w+)")
+_RUST_TEST = re.compile(r"#\[test\](?:\s|//[^\n]*\n)*fn\s+(\w+)")  # comments may sit between them (Rust/50)
 
 
 def _rust_finale(tests: str, program: str) -> tuple[str, tuple[tuple[str, str], ...]]:

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from sandbox.container import docker_client
+from sandbox.container import docker_client, owner_id
 from sandbox.imagedef import load_definition
 from sandbox.images import CACHE_DIR, build_image
 from sandbox.languages import language
@@ -112,7 +112,7 @@ def main() -> None:
         comment = "#" if name == "python" else "//"
         programs = [base + f"\n{comment} copy {i} {time.time_ns()}\n" for i in range(options.programs)]
         host_compile, host_rate = host_reference(name, programs[0], inputs)
-        pool = SandboxPool(client, f"bench-languages-{os.getpid()}", warm=False)
+        pool = SandboxPool(client, owner_id(), warm=False)  # host:pid, so that no worker's reaper takes it for an orphan
         try:
             got = sandboxed(Runner(pool, Planner(runner_policies, REPO_ROOT / "images")), name, programs, inputs)
         finally:

@@ -152,7 +152,7 @@ func main() {
         "crash": "fn main() { let v: Vec<i32> = Vec::new(); let i = v.len() + 3; println!(\"{}\", v[i]); }\n",
         "loop": "fn main() { loop {} }\n",
         "memory": "fn main() { let mut v: Vec<Vec<u8>> = Vec::new(); loop { v.push(vec![1u8; 64 << 20]); } }\n",
-        "flood": "use std::io::Write;\nfn main() { let o = std::io::stdout(); let mut l = o.lock(); loop { l.write_all(b\"yyyyyyyyyyyyyyy\\n\").unwrap(); } }\n",
+        "flood": "use std::io::Write;\nfn main() { let o = std::io::stdout(); let mut l = std::io::BufWriter::new(o.lock()); loop { l.write_all(b\"yyyyyyyyyyyyyyy\\n\").unwrap(); } }\n",
         "escape": """use std::io::Read;
 fn main() {
     let mut escaped = std::net::TcpStream::connect("127.0.0.1:6379").is_ok();
