@@ -183,9 +183,10 @@ def _rust_finale(tests: str, program: str) -> tuple[str, tuple[tuple[str, str], 
     if _RUST_MAIN.search(tests):
         renamed = _RUST_MAIN.sub("fn sandbox_tests_main()", tests, count=1)
         return renamed + "\nfn main() {\n    sandbox_tests_main();\n" + finale, ()
-    names = _RUST_TEST.findall(tests)
-    if not names:
+    names = _RUST_TEST.findall(re.sub(r"/\*.*?\*/", "", tests, flags=re.DOTALL))  # not those commented out
+    if not names and "#[test]" not in tests:
         raise JobValidationError("the Rust tests have neither `fn main()` nor `#[test]` functions")
+    # none left (HumanEval-X's Rust/32 comments its test out): no test fails, as under `cargo test`
     body = _RUST_TEST.sub(lambda m: f"pub fn {m.group(1)}", tests)
     body = re.sub(r"\bmod\s+tests\b", "pub mod tests", body, count=1).replace("#[cfg(test)]", "")
     calls = "".join(f"    tests::{name}();\n" for name in names)

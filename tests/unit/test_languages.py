@@ -112,6 +112,9 @@ def test_rust_finale_calls_humaneval_x_test_functions_or_renames_main() -> None:
     multipl_e = "}\n\nfn main() {\n    let candidate = add;\n    assert_eq!(candidate(1, 2), 3);\n}\n"
     tests, _ = language("rust").finale(multipl_e, "")  # type: ignore[misc]
     assert "fn sandbox_tests_main()" in tests and tests.rstrip().endswith("}") and NONCE_MARK in tests
+    commented = "/*\n#[cfg(test)]\nmod tests {\n#[test]\n    fn test_poly() {}\n}\n*/\n"  # HumanEval-X Rust/32
+    tests, _ = language("rust").finale(commented, "")  # type: ignore[misc]
+    assert "tests::test_poly" not in tests and NONCE_MARK in tests
 
 
 def test_inline_rules_need_status_zero_and_the_nonce_and_silent_needs_nothing_else() -> None:
