@@ -55,7 +55,7 @@ def host_reference(name: str, program: str, inputs: list[tuple[str, str]]) -> tu
         return [part.replace("{main}", main).replace("{source}", source_name) for part in argv]
 
     def chrooted(argv: list[str], stdin: str = "") -> str:
-        done = subprocess.run(["chroot", str(root), "sh", "-c", 'cd "$0" && exec "$@"', inside, *argv], input=stdin,
+        done = subprocess.run(["/usr/sbin/chroot", str(root), "sh", "-c", 'cd "$0" && exec "$@"', inside, *argv], input=stdin,
                               capture_output=True, text=True, env=env, timeout=120)
         if done.returncode != 0:
             raise RuntimeError(f"{name}: {argv[0]} failed: {done.stderr[-500:]}")
@@ -111,7 +111,11 @@ def main() -> None:
         base = PROGRAMS[name]["sum"]
         comment = "#" if name == "python" else "//"
         programs = [base + f"\n{comment} copy {i} {time.time_ns()}\n" for i in range(options.programs)]
-        host_compile, host_rate = host_reference(name, programs[0], inputs)
+        try:
+            host_compile, host_rate = host_reference(name, programs[0], inputs)
+        except RuntimeError as exc:  # e.g. the JVM finds itself through /proc, which a bare chroot lacks
+            print(f"{name:<11} no host reference: {str(exc)[:120]}", flush=True)
+            host_compile, host_rate = float("nan"), float("nan")
         pool = SandboxPool(client, owner_id(), warm=False)  # host:pid, so that no worker's reaper takes it for an orphan
         try:
             got = sandboxed(Runner(pool, Planner(runner_policies, REPO_ROOT / "images")), name, programs, inputs)
