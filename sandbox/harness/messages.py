@@ -343,6 +343,18 @@ class ProgramBoot:
     guard: str = "sigchld"             # stacked on the seccomp filter before any of the program runs
 
 
+@dataclass(frozen=True)
+class Started:
+    """A run's or compile step's first word on its reply pipe, written by the harness in the sample's process
+    before any of the program exists or runs (the pipe is closed before it does): whether a Python program
+    compiles, and the CPU the process had used until then (the fork, the harness's set-up), which is not
+    the program's."""
+
+    ok: bool
+    harness_cpu_s: float = 0.0
+    error: str = ""                    # run: the program does not compile (message and traceback)
+
+
 # -- building messages from JSON inside the sandbox (trusted senders) ------------------------------
 class MessageError(ValueError):
     """A message did not have the shape its type declares."""

@@ -9,8 +9,9 @@ and how to run it, then runs the program as the module ``__main__``:
   exact-type encoding of ``values.py``.
 * ``run``: runs once with stdin on fd 0 and exits as ``python3 main.py`` would (stdio cases).
 * ``exec``: other languages: writes the boot's files (a compile step's source) into the working
-  directory and replaces itself with the boot's command (a compiler, or the built program). The
-  uid, limits and seccomp filter stay: they survive exec, and no_new_privs forbids gaining any.
+  directory, says the CPU used so far on fd 5 and closes it, and replaces itself with the boot's
+  command (a compiler, or the built program). The uid, limits and seccomp filter stay: they
+  survive exec, and no_new_privs forbids gaining any.
 
 This process never holds the test code, expected values, or other samples' data; whatever it
 writes on fd 5 is only ever taken as *its own* answer, parsed by the driver as hostile.
@@ -164,15 +165,22 @@ def main() -> None:
         serve(boot["source"])
 
 
+def harness_cpu() -> float:
+    """CPU this process has used so far: before the program exists, all of it is the harness's."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return round(usage.ru_utime + usage.ru_stime, 4)
+
+
 def execute(argv: list[str], files: list[list[str]], env: list[list[str]]) -> None:
     """Become the boot's command, in this process (the supervisor accounts for it by this pid and uid)."""
     os.close(REQUEST_FD)
-    os.close(REPLY_FD)
     os.makedirs("out", exist_ok=True)
     for name, text in files:
         with open(name, "w", encoding="utf-8", errors="surrogatepass") as handle:
             handle.write(text)
     os.environ.update({key: value.replace("{home}", os.getcwd()) for key, value in env})
+    _write_frame(REPLY_FD, _dumps({"ok": True, "harness_cpu_s": harness_cpu()}).encode())
+    os.close(REPLY_FD)  # the command never holds it: this word stays the harness's
     try:
         os.execvp(argv[0], argv)
     except OSError as exc:  # the toolchain's own command is missing: the image is broken, said on stderr
@@ -192,9 +200,10 @@ def apps_wrapped(source: str) -> str:
 def run(source: str, apps_wrap: bool = False) -> None:
     """Run the program once, as a judge would: its exit status is what `python3 main.py` would give.
 
-    Whether it compiles is said on fd 5 before any of it runs (so that report is the harness's own),
-    then fds 4 and 5 are closed."""
+    Whether it compiles, and the CPU used before it did (``messages.Started``), is said on fd 5 before
+    any of it runs (so that report is the harness's own), then fds 4 and 5 are closed."""
     os.close(REQUEST_FD)
+    before_program = harness_cpu()  # compiling the program is the program's cost, as for `python3 main.py`
     try:
         try:
             code_object = compile(source, "main.py", "exec")
@@ -207,7 +216,7 @@ def run(source: str, apps_wrap: bool = False) -> None:
         _write_frame(REPLY_FD, _dumps({"ok": False, "error": f"{error['type']}: {error['message']}\n"
                                                              f"{_traceback(exc)}"}).encode())
         os._exit(1)
-    _write_frame(REPLY_FD, b'{"ok":true}')
+    _write_frame(REPLY_FD, _dumps({"ok": True, "harness_cpu_s": before_program}).encode())
     os.close(REPLY_FD)
     code = 0
     try:

@@ -288,13 +288,19 @@ class Writer:
             self.fd = None
 
 
-def compile_error(status: Capture) -> str:
-    """What a stdio run's harness said about compiling the program, before any of the program ran."""
+MAX_HARNESS_CPU_S = 5.0  # a bound on the harness's own word, trusted as it is
+
+
+def started_word(status: Capture) -> messages.Started | None:
+    """What a run's harness said on its reply pipe before any of the program existed (None: not yet,
+    or killed before it said anything: then the run's own outcome tells)."""
+    body = bytes(status.data[protocol.HEADER.size:])
+    if len(status.data) < protocol.HEADER.size or len(body) < protocol.frame_length(bytes(status.data[:protocol.HEADER.size])):
+        return None
     try:
-        said = json.loads(bytes(status.data[protocol.HEADER.size:]))
-        return "" if said.get("ok") is True else clean(str(said.get("error", "does not compile")), 3000)
-    except (ValueError, AttributeError):
-        return ""  # killed before it said anything: the run's own outcome tells
+        return messages.from_dict(messages.Started, json.loads(body))  # type: ignore[no-any-return]
+    except ValueError:
+        return None
 
 
 def harvest_build(root: str, max_bytes: int) -> dict[str, tuple[int, bytes]] | str:
@@ -428,11 +434,16 @@ class Program:
         self.limit = ""                # which limit stopped it
         self.stopped_at = 0.0
         self.fork_s = 0.0              # how long the zygote took to deliver it (ahead of need, as a spare)
+        self.boot_cpu = 0.0            # what its process had used before its boot: the fork, the spare's set-up
+        self.started_word: messages.Started | None = None
 
     def boot(self, mode: str, source: str, cpu_s: float, wall_s: float, stdin: bytes, out_cap: int,
              apps_wrap: bool = False, argv: tuple[str, ...] = (), files: tuple[tuple[str, str], ...] = (),
              memory_bytes: int = 0, env: tuple[tuple[str, str], ...] = (), guard: str = "sigchld") -> None:
         self.started = time.monotonic()
+        # The fork of a big interpreter costs a spare 0.1-0.2 s of CPU under gVisor (copy-on-write faults, more
+        # with more runnable tasks): the harness's cost, read here before any of the program exists, is not its.
+        self.boot_cpu = cpu_of(self.pid)
         self.cpu_limit, self.wall_limit = cpu_s, wall_s
         self.out.cap = out_cap
         boot = messages.ProgramBoot(mode=mode, source=source, cpu_s=int(cpu_s) + 1, apps_wrap=apps_wrap,  # type: ignore[arg-type]
@@ -460,9 +471,9 @@ class Program:
             if pid != self.pid and pid not in live and not self._reaped_within(last, live):
                 self.gone_cpu += last.cpu + last.reaped_cpu  # nobody of its own will count it: we do
         if self.pid in live:
-            self.main_cpu = live[self.pid].cpu + live[self.pid].reaped_cpu
+            self.main_cpu = max(0.0, live[self.pid].cpu + live[self.pid].reaped_cpu - self.harness_cpu)
         self.live = live
-        main = self.exited.cpu_s if self.exited else self.main_cpu  # the zygote's wait4: final, not polled
+        main = self.exited_cpu() if self.exited else self.main_cpu  # the zygote's wait4: final, not polled
         others = sum(s.cpu + s.reaped_cpu for pid, s in live.items() if pid != self.pid)
         self.polled_cpu = max(self.polled_cpu, self.gone_cpu + main + others)
 
@@ -490,8 +501,30 @@ class Program:
             parent, hops = before.ppid, hops + 1
         return False
 
+    def harness_word(self) -> messages.Started | None:
+        """The harness's first word on a stdio run's or compile step's reply pipe, once it is complete."""
+        if self.started_word is None:
+            self.started_word = started_word(self.compiled)
+        return self.started_word
+
+    @property
+    def harness_cpu(self) -> float:
+        """CPU of its first process that was the harness's (read at boot; said by the harness just before the
+        program ran, when it could say it): never counted as the program's."""
+        word = self.harness_word()
+        return max(self.boot_cpu, min(word.harness_cpu_s, MAX_HARNESS_CPU_S)) if word else self.boot_cpu
+
+    def compile_error(self) -> str:
+        """What a Python run's harness said about compiling the program, before any of it ran."""
+        word = self.harness_word()
+        return clean(word.error or "does not compile", 3000) if word is not None and not word.ok else ""
+
+    def exited_cpu(self) -> float:
+        """Its first process's CPU (with its reaped children's) by the zygote's wait4, less the harness's part."""
+        return max(0.0, self.exited.cpu_s - self.harness_cpu) if self.exited else 0.0
+
     def cpu_s(self) -> float:
-        return max(self.polled_cpu, self.exited.cpu_s if self.exited else 0.0)
+        return max(self.polled_cpu, self.exited_cpu())
 
     def done(self) -> bool:
         """Exited and its output read to the end."""
@@ -1078,7 +1111,8 @@ class Supervisor:
         exited = program.exited
         assert exited is not None
         status = os.waitstatus_to_exitcode(exited.status)
-        if not program.limit and status in (-signal.SIGXCPU, -signal.SIGKILL) and exited.cpu_s >= program.cpu_limit - 0.05:
+        if not program.limit and status in (-signal.SIGXCPU, -signal.SIGKILL) \
+                and program.exited_cpu() >= program.cpu_limit - 0.05:
             program.limit = "cpu"  # RLIMIT_CPU fired before the supervisor's poll did
         self.release(run, program)
         run.program = None
@@ -1093,7 +1127,7 @@ class Supervisor:
         report = CaseRun(op="case", index=run.case, exit_status=None if program.limit else status,
                          limit=program.limit, cpu_s=round(program.cpu_s(), 4), wall_s=round(wall, 4),  # type: ignore[arg-type]
                          max_rss_kib=exited.max_rss_kib, stdout_truncated=program.out.truncated,
-                         stderr=clean(program.err.text()[-2000:], 2000), compile_error=compile_error(program.compiled),
+                         stderr=clean(program.err.text()[-2000:], 2000), compile_error=program.compile_error(),
                          nonce=run.nonce)
         self.tell_case(run, report, bytes(program.out.data))
 
@@ -1147,7 +1181,7 @@ class Supervisor:
                 if program.exited is not None:
                     run.exit_status = os.waitstatus_to_exitcode(program.exited.status)
                     if not run.time_limit and run.exit_status in (-signal.SIGXCPU, -signal.SIGKILL) \
-                            and program.exited.cpu_s >= program.cpu_limit - 0.05:
+                            and program.exited_cpu() >= program.cpu_limit - 0.05:
                         run.time_limit = "cpu"
                 run.cpu_done = program.cpu_s()
                 if not run.time_limit and run.cpu_done >= program.cpu_limit:  # counted in full only once settled

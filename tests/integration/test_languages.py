@@ -240,6 +240,16 @@ def test_each_language_image_is_what_the_registry_says(images: dict[str, str]) -
         assert len(lines) == 1 and lines[0], (entry.name, lines)  # no setuid/setgid file; the toolchain answers
 
 
+def test_the_harness_cpu_is_not_a_compiled_programs(runner: Runner, images: dict[str, str]) -> None:
+    # the spare's fork and set-up (0.1-0.2 s of CPU under gVisor) happen before the exec: not the program's
+    cases = {"cases": [{"input": f"{i} {i * 7}\n", "output": f"{i * 8}\n"} for i in range(20)]}
+    many = JobSpec(language="c", program=PROGRAMS["c"]["sum"], stdio=cases, policy="stdio",  # type: ignore[arg-type]
+                   limits={"cpu_time_s": 2.5})  # type: ignore[arg-type]
+    [result] = runner.run([many])
+    assert result.verdict is Verdict.passed and len(result.tests) == 20, result
+    assert sum(t.cpu_time_s or 0 for t in result.tests) < 2.5, [t.cpu_time_s for t in result.tests]
+
+
 def test_identical_programs_are_compiled_once_per_sandbox(runner: Runner, images: dict[str, str]) -> None:
     program = PROGRAMS["cpp"]["sum"] + "// same text\n"
     first, second = runner.run([job("cpp", program), job("cpp", program)])
