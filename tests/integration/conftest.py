@@ -6,7 +6,7 @@ from typing import Iterator
 import docker
 import pytest
 
-from sandbox.container import SERVICE_LABEL, docker_client
+from sandbox.container import SERVICE_LABEL, docker_client, owner_id
 from sandbox.imagedef import load_definition
 from sandbox.images import build_image
 from sandbox.models import JobSpec
@@ -17,7 +17,7 @@ from sandbox.runner import Runner
 from sandbox.settings import REPO_ROOT
 from tests.integration.services import RedisServer
 
-TEST_OWNER = "pytest-sandbox"
+TEST_OWNER = owner_id()  # host:pid, so that a worker on this engine sees a live owner, not an orphan
 
 
 @pytest.fixture(scope="session")
