@@ -334,7 +334,7 @@ class ProgramBoot:
 
     mode: Literal["serve", "run", "exec"]  # serve: answer the driver's calls; run: Python once on stdin;
     source: str                        # exec: execve ``argv`` (a compiler, or a built program once on stdin)
-    cpu_s: int                         # RLIMIT_CPU for this process (the run's own limit)
+    cpu_s: int                         # RLIMIT_CPU for this process beyond the harness's own CPU (the run's limit)
     apps_wrap: bool = False            # run: if it does not compile, try it as APPS's harness would
     argv: tuple[str, ...] = ()         # exec: the command, looked up on PATH
     memory_bytes: int = 0              # RLIMIT_AS, lowered from what the spare was forked with (0: kept)

@@ -151,8 +151,9 @@ def main() -> None:
     reader = protocol.FrameReader(BOOT_FD, MAX_REQUEST_BYTES)
     boot = _loads(reader.read() or b"{}")
     os.close(BOOT_FD)
-    if boot["cpu_s"]:
-        resource.setrlimit(resource.RLIMIT_CPU, (boot["cpu_s"], boot["cpu_s"] + 1))
+    if boot["cpu_s"]:  # counts this process's CPU from its fork: the harness's part so far is not the program's
+        soft = boot["cpu_s"] + int(harness_cpu()) + 1
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, soft + 1))
     if boot["memory_bytes"]:  # spares are forked with room for a compiler; each boot lowers it to its own
         resource.setrlimit(resource.RLIMIT_AS, (boot["memory_bytes"], boot["memory_bytes"]))
     if boot["guard"] != "none":

@@ -429,7 +429,7 @@ class Program:
         self.live: dict[int, Seen] = {}  # its processes at the last poll
         self.gone_cpu = 0.0              # CPU of its processes that ended where no process of its own reaped them
         self.main_cpu = 0.0              # its first process's, with its reaped children's, at the last poll
-        self.polled_cpu = 0.0
+        self.polled_cpu = 0.0            # all of it, the harness's part included (known for sure only later)
         self.exited: messages.Exited | None = None
         self.limit = ""                # which limit stopped it
         self.stopped_at = 0.0
@@ -471,9 +471,9 @@ class Program:
             if pid != self.pid and pid not in live and not self._reaped_within(last, live):
                 self.gone_cpu += last.cpu + last.reaped_cpu  # nobody of its own will count it: we do
         if self.pid in live:
-            self.main_cpu = max(0.0, live[self.pid].cpu + live[self.pid].reaped_cpu - self.harness_cpu)
+            self.main_cpu = live[self.pid].cpu + live[self.pid].reaped_cpu
         self.live = live
-        main = self.exited_cpu() if self.exited else self.main_cpu  # the zygote's wait4: final, not polled
+        main = self.exited.cpu_s if self.exited else self.main_cpu  # the zygote's wait4: final, not polled
         others = sum(s.cpu + s.reaped_cpu for pid, s in live.items() if pid != self.pid)
         self.polled_cpu = max(self.polled_cpu, self.gone_cpu + main + others)
 
@@ -524,7 +524,9 @@ class Program:
         return max(0.0, self.exited.cpu_s - self.harness_cpu) if self.exited else 0.0
 
     def cpu_s(self) -> float:
-        return max(self.polled_cpu, self.exited_cpu())
+        """The program's CPU: the harness's part is taken off when read, never when polled (a poll may come
+        before the harness has said how much was its own)."""
+        return max(0.0, self.polled_cpu - self.harness_cpu, self.exited_cpu())
 
     def done(self) -> bool:
         """Exited and its output read to the end."""

@@ -743,6 +743,17 @@ def test_the_harness_cpu_is_not_the_programs(runner: Runner) -> None:
     assert sum(t.cpu_time_s or 0 for t in honest.tests) < 1.5, [t.cpu_time_s for t in honest.tests]
 
 
+def test_a_case_limit_just_under_a_whole_second_is_still_a_timeout(runner: Runner) -> None:
+    # RLIMIT_CPU counts the process from its fork: set from the limit alone, it fired while the program
+    # had used less than its limit (the harness's part taken off), and the kernel's SIGXCPU read as
+    # "runtime error" instead of timeout (found by the adversarial review)
+    loop = JobSpec(program="while True:\n    pass\n", stdio={"cases": STDIO["cases"][:1]}, policy="stdio",  # type: ignore[arg-type]
+                   limits={"case_cpu_time_s": 1.99})  # type: ignore[arg-type]
+    [looped] = with_stdio_innocents(runner, loop)
+    assert looped.verdict is Verdict.timeout and [t.status for t in looped.tests] == [TestStatus.timeout], looped
+    assert 1.9 <= (looped.tests[0].cpu_time_s or 0) < 2.5, looped.tests
+
+
 def test_long_failure_messages_cannot_sink_the_batch(runner: Runner) -> None:
     calls = {"fn_name": "f", "cases": [{"args": [i], "expected": i} for i in range(1500)]}
     shouter = "def f(x):\n    raise ValueError('\\U0001F600' * 400)\n"  # 1,500 messages of 12-byte escapes
