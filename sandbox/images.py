@@ -12,8 +12,9 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import docker
 import docker.errors
@@ -120,9 +121,7 @@ def _rootfs(definition: ImageDefinition, say: Callable[[str], None]) -> Path:
     if definition.setup:  # e.g. Debian packages debootstrap cannot resolve, prebuilt crates: cached with the rootfs
         resolv = partial / "etc/resolv.conf"
         shutil.copy2("/etc/resolv.conf", resolv)  # apt inside the chroot reaches the same mirror as the host
-        proc = partial / "proc"
-        subprocess.run(["mount", "-t", "proc", "proc", str(proc)], check=True)  # rustc finds itself through /proc
-        try:
+        with proc_mounted(partial):  # rustc finds itself through /proc
             for step in definition.setup:
                 say(f"setup: {step.splitlines()[0][:100]}")
                 done = subprocess.run(["chroot", str(partial), "/bin/sh", "-ec", step], capture_output=True, text=True,
@@ -131,13 +130,23 @@ def _rootfs(definition: ImageDefinition, say: Callable[[str], None]) -> Path:
                 if done.returncode != 0:
                     raise InfrastructureError(f"image setup failed ({done.returncode}): {step.splitlines()[0][:200]}: "
                                               f"{(done.stderr or done.stdout)[-2000:]}")
-        finally:
-            subprocess.run(["umount", "-l", str(proc)], check=False)
         resolv.unlink()
     shutil.rmtree(partial / "var/cache/apt/archives", ignore_errors=True)
     (partial / "var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)
     partial.rename(rootfs)
     return rootfs
+
+
+@contextmanager
+def proc_mounted(root: Path) -> Iterator[None]:
+    """/proc mounted inside a root filesystem for commands chrooted there (toolchains that find themselves
+    through /proc/self), unmounted after."""
+    proc = root / "proc"
+    subprocess.run(["mount", "-t", "proc", "proc", str(proc)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(proc)], check=False)
 
 
 def _unpack_download(url: str, sha256: str, target: Path, say: Callable[[str], None]) -> None:

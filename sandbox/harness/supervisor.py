@@ -294,11 +294,14 @@ MAX_HARNESS_CPU_S = 5.0  # a bound on the harness's own word, trusted as it is
 def started_word(status: Capture) -> messages.Started | None:
     """What a run's harness said on its reply pipe before any of the program existed (None: not yet,
     or killed before it said anything: then the run's own outcome tells)."""
+    if len(status.data) < protocol.HEADER.size:
+        return None
+    (length,) = protocol.HEADER.unpack(status.data[:protocol.HEADER.size])
     body = bytes(status.data[protocol.HEADER.size:])
-    if len(status.data) < protocol.HEADER.size or len(body) < protocol.frame_length(bytes(status.data[:protocol.HEADER.size])):
+    if len(body) < length:
         return None
     try:
-        return messages.from_dict(messages.Started, json.loads(body))  # type: ignore[no-any-return]
+        return messages.from_dict(messages.Started, json.loads(body[:length]))  # type: ignore[no-any-return]
     except ValueError:
         return None
 
@@ -522,6 +525,10 @@ class Program:
     def exited_cpu(self) -> float:
         """Its first process's CPU (with its reaped children's) by the zygote's wait4, less the harness's part."""
         return max(0.0, self.exited.cpu_s - self.harness_cpu) if self.exited else 0.0
+
+    def rlimit_fired(self, status: int) -> bool:
+        """Whether a kill by SIGXCPU/SIGKILL was RLIMIT_CPU's, before the supervisor's poll saw the limit."""
+        return status in (-signal.SIGXCPU, -signal.SIGKILL) and self.exited_cpu() >= self.cpu_limit - 0.05
 
     def cpu_s(self) -> float:
         """The program's CPU: the harness's part is taken off when read, never when polled (a poll may come
@@ -1113,8 +1120,7 @@ class Supervisor:
         exited = program.exited
         assert exited is not None
         status = os.waitstatus_to_exitcode(exited.status)
-        if not program.limit and status in (-signal.SIGXCPU, -signal.SIGKILL) \
-                and program.exited_cpu() >= program.cpu_limit - 0.05:
+        if not program.limit and program.rlimit_fired(status):
             program.limit = "cpu"  # RLIMIT_CPU fired before the supervisor's poll did
         self.release(run, program)
         run.program = None
@@ -1182,8 +1188,7 @@ class Supervisor:
                 run.max_rss_kib = program.exited.max_rss_kib if program.exited else 0
                 if program.exited is not None:
                     run.exit_status = os.waitstatus_to_exitcode(program.exited.status)
-                    if not run.time_limit and run.exit_status in (-signal.SIGXCPU, -signal.SIGKILL) \
-                            and program.exited_cpu() >= program.cpu_limit - 0.05:
+                    if not run.time_limit and program.rlimit_fired(run.exit_status):
                         run.time_limit = "cpu"
                 run.cpu_done = program.cpu_s()
                 if not run.time_limit and run.cpu_done >= program.cpu_limit:  # counted in full only once settled

@@ -23,7 +23,7 @@ import time
 
 from sandbox.container import docker_client, owner_id
 from sandbox.imagedef import load_definition
-from sandbox.images import CACHE_DIR, build_image
+from sandbox.images import CACHE_DIR, build_image, proc_mounted
 from sandbox.languages import language
 from sandbox.models import JobSpec, Verdict
 from sandbox.plan import Planner
@@ -61,23 +61,20 @@ def host_reference(name: str, program: str, inputs: list[tuple[str, str]]) -> tu
             raise RuntimeError(f"{name}: {argv[0]} failed: {done.stderr[-500:]}")
         return done.stdout
 
-    proc = root / "proc"
-    mounted = subprocess.run(["mount", "-t", "proc", "proc", str(proc)]).returncode == 0  # the JVM and rustc read /proc
     try:
-        compile_s = 0.0
-        if entry.compile:
+        with proc_mounted(root):  # the JVM and rustc read /proc
+            compile_s = 0.0
+            if entry.compile:
+                start = time.perf_counter()
+                chrooted(expand(entry.compile))
+                compile_s = time.perf_counter() - start
+            else:
+                shutil.copy(work / source_name, work / "out" / source_name)
             start = time.perf_counter()
-            chrooted(expand(entry.compile))
-            compile_s = time.perf_counter() - start
-        else:
-            shutil.copy(work / source_name, work / "out" / source_name)
-        start = time.perf_counter()
-        for given, expected in inputs:
-            assert chrooted(expand(entry.run), given) == expected
-        return compile_s, len(inputs) / (time.perf_counter() - start)
+            for given, expected in inputs:
+                assert chrooted(expand(entry.run), given) == expected
+            return compile_s, len(inputs) / (time.perf_counter() - start)
     finally:
-        if mounted:
-            subprocess.run(["umount", "-l", str(proc)], check=False)
         shutil.rmtree(work, ignore_errors=True)
 
 
