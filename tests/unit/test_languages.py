@@ -18,7 +18,7 @@ from sandbox.policy import Policy, load_all_policies
 from sandbox.problems import Sample, load_problems, sample_job
 
 REPO = Path(__file__).resolve().parents[2]
-DATA = REPO.parent / "shared" / "data" / "languages"
+DATA = REPO / "tests" / "data" / "languages"
 
 
 def test_every_entry_names_an_image_definition_and_answers_to_its_aliases() -> None:
@@ -128,7 +128,6 @@ def test_inline_rules_need_status_zero_and_the_nonce_and_silent_needs_nothing_el
     assert silent(0, "N\n", "Assertion failed", "N")[0] is False
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason="the shared data set is not on this machine")
 def test_humaneval_x_programs_are_assembled_as_codegeex_assembles_them() -> None:
     cpp = load_problems(DATA / "humaneval-x" / "humaneval_cpp.jsonl.gz")
     first = cpp["CPP/0"]
