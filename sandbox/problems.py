@@ -5,7 +5,9 @@ or call-based cases), which of them are the statement's public examples (for fil
 trusted prompt, and reference solutions. Each format is one reader in ``FORMATS``:
 
 * ``humaneval``: ``task_id``, ``prompt``, ``test`` (``check(candidate)``), ``entry_point``,
-  ``canonical_solution``; a sample's completion continues the prompt.
+  ``canonical_solution``; a sample's completion continues the prompt. The prompt is the problem's
+  own text, trusted to define helpers for the tests (the driver runs it), unless the row says
+  ``"prompt_trusted": false``.
 * ``apps`` (and ``taco``, which shares its columns): ``problem_id``, ``question``, ``input_output``
   (``inputs``/``outputs``, plus ``fn_name`` for call-based problems), ``solutions``, ``starter_code``;
   ``reference_check`` if present says which solutions the APPS harness accepted. The id is the first of
@@ -59,6 +61,7 @@ class Problem(BaseModel):
     language: str = "python"
     public: int = 0                        # the first `public` cases are the statement's examples
     continues_prompt: bool = False         # True: the program is prompt + completion (HumanEval)
+    prompt_trusted: bool = False           # the set's own prompts may define helpers for its tests (HumanEval's)
     canonical_solutions: tuple[str, ...] = ()
     canonical_passed: tuple[bool, ...] | None = None  # what the source's own harness said of each
     header: Literal["", "apps", "livecodebench"] = ""  # the imports the source's harness puts before every program
@@ -132,8 +135,13 @@ def _named(cases: list[Any], prefix: str) -> list[Any]:  # StdioCase or CallCase
 
 
 def read_humaneval(row: dict[str, Any], public: int, line: int = 0) -> Problem:
+    # HumanEval's prompts are the problem's own text, trusted to define helpers its tests use (`poly`); a row
+    # may say otherwise (`"prompt_trusted": false`, for prompts made of code from elsewhere)
+    trusted = row.get("prompt_trusted", True)
+    if type(trusted) is not bool:
+        raise ValueError("prompt_trusted must be true or false")
     return Problem(task_id=str(row["task_id"]), prompt=row["prompt"], entry_point=row["entry_point"], check=row["test"],
-                   continues_prompt=True, source=row,
+                   continues_prompt=True, prompt_trusted=trusted, source=row,
                    canonical_solutions=(row["canonical_solution"],) if row.get("canonical_solution") else ())
 
 
@@ -411,7 +419,7 @@ def sample_job(line: int, sample: Sample, problem: Problem, policy: str, extract
         prompt = problem.prompt
         if problem.inline is not None and problem.language == "go" and problem.inline.preamble:  # HumanEval-X Go
             prompt = _go_imports(completion, problem.inline.preamble) + prompt
-        fields.update(prompt=prompt, completion=completion)
+        fields.update(prompt=prompt, completion=completion, prompt_trusted=problem.prompt_trusted and bool(prompt))
     elif fields["language"] != "python":
         fields["program"] = completion
     else:
