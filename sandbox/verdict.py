@@ -44,6 +44,10 @@ def _time_limit(report: SampleReport) -> str:
     return report.time_limit or next((o.limit for o in report.judged.outcomes if o.limit), "")
 
 
+# a test the sample failed by itself: the verdict is failed, whatever else went wrong after
+_SAMPLE_FAILURES = {TestStatus.failed, TestStatus.error, TestStatus.output_limit, TestStatus.memory_limit}
+
+
 def _all(prepared: PreparedJob, status: TestStatus, message: str) -> tuple[TestResult, ...]:
     return tuple(TestResult(name=name, status=status, message=message[:MESSAGE_CHARS]) for name in prepared.tests.names)
 
@@ -67,12 +71,12 @@ def _decide(prepared: PreparedJob, report: SampleReport) -> tuple[tuple[TestResu
             return _all(prepared, TestStatus.timeout, reason), Verdict.timeout, reason
         reason = judged.sample_fault or f"the program ended its process while loading{exit_note}"
         return _all(prepared, TestStatus.not_run, reason), Verdict.error, reason
-    if judged.test_fault:
+    if judged.test_fault and not judged.outcomes:
         reason = f"the problem's tests are broken: {judged.test_fault}"
         return _all(prepared, TestStatus.not_run, reason), Verdict.error, reason
     tests = _tests(prepared, report)
     statuses = {test.status for test in tests}
-    if statuses & {TestStatus.failed, TestStatus.error, TestStatus.output_limit, TestStatus.memory_limit}:
+    if statuses & _SAMPLE_FAILURES:
         late = " (and later ran out of time)" if report.time_limit else ""
         return tests, Verdict.failed, (judged.unsupported or judged.stopped) + late
     if report.time_limit:
@@ -80,6 +84,9 @@ def _decide(prepared: PreparedJob, report: SampleReport) -> tuple[tuple[TestResu
         return tests, Verdict.timeout, f"{limit} time limit exceeded"
     if TestStatus.timeout in statuses:  # a stdio case ran out of its own time: nothing else failed
         return tests, Verdict.timeout, next(t.message for t in tests if t.status is TestStatus.timeout)
+    if judged.test_fault:  # the problem's checker failed on some cases and the sample failed none of the others:
+        reason = f"the problem's tests are broken: {judged.test_fault}"  # not passed, not the sample's fault
+        return tests, Verdict.error, reason
     if judged.sample_fault:
         return tests, Verdict.error, judged.sample_fault + exit_note
     if judged.unsupported:
@@ -92,7 +99,9 @@ def _decide(prepared: PreparedJob, report: SampleReport) -> tuple[tuple[TestResu
 def _tests(prepared: PreparedJob, report: SampleReport) -> tuple[TestResult, ...]:
     judged = report.judged
     by_index: dict[int, TestOutcome] = {o.index: o for o in judged.outcomes}
-    if judged.completed:
+    if judged.test_fault:  # cases the problem's checker failed to judge
+        unreached = (TestStatus.not_run, f"not judged: {judged.test_fault}")
+    elif judged.completed:
         unreached = (TestStatus.skipped, "the test program completed without reaching this test")
     elif report.time_limit:
         unreached = (TestStatus.timeout, "time limit exceeded before this test ran")

@@ -53,6 +53,7 @@ READ_CHUNK = 65536
 CPU_POLL_S = 0.1
 EXIT_GRACE_S = 0.5               # for a program to flush its output after the driver's "end"
 DRIVER_GRACE_S = 2.0             # for the driver to report after its sample was stopped
+JUDGE_MARGIN_S = 1.0             # stdio: the driver's own work on a case, beyond its checker's budget
 SWEEP_DEADLINE_S = 3.0           # a uid whose processes are not all gone by then taints the sandbox
 WIPE_DEADLINE_S = 5.0
 FORK_DEADLINE_S = 60.0           # the zygote must deliver a fork within this, or the sandbox is given up
@@ -563,6 +564,14 @@ class Driver:
         self.exit_status: int | None = None
         self.cpu_base = 0.0
 
+    def cpu(self) -> float:
+        """CPU of this driver (the template) and of the judges it forked, one per sample, reaped or not."""
+        own = seen(self.pid)
+        if own is None:
+            return 0.0
+        judges = [state.cpu for state in processes_of(self.uid, zombies=True).values() if state.ppid == self.pid]
+        return own.cpu + own.reaped_cpu + sum(judges)
+
     def start(self, job: messages.DriverJob) -> None:
         assert self.boot_fd is not None
         self.writer = Writer(self.boot_fd, framed(json.dumps(messages.to_dict(job)).encode()))
@@ -590,6 +599,31 @@ class Driver:
                 os.kill(self.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        end_judges(self.uid, self.pid)
+
+
+def end_judges(uid: int, template: int) -> None:
+    """Kill and reap a driver's judges and what they started: its children, and once it is gone, the orphans
+    they become (ours, as PID 1). The slot's spare driver has the same uid but the zygote for parent: spared."""
+    deadline = time.monotonic() + SWEEP_DEADLINE_S
+    while True:
+        found = {pid: state for pid, state in processes_of(uid, zombies=True).items() if state.ppid in (template, _ME)}
+        if not found:
+            return
+        for pid, state in found.items():
+            if state.ppid == _ME:
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+            if state.state != "Z":
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        if time.monotonic() > deadline:
+            raise Tainted(f"{len(found)} process(es) of a test driver survived {SWEEP_DEADLINE_S:.0f} s of SIGKILL")
+        time.sleep(0.002)
 
 
 class Run:
@@ -710,7 +744,8 @@ class Supervisor:
             raise Tainted("a batch asked for other limits than this sandbox was started with")
         self.request = request
         self.job = messages.DriverJob(tests=request.tests, stop_on_first_failure=request.stop_on_first_failure,
-                                      reply_max_bytes=request.limits.reply_max_bytes)
+                                      reply_max_bytes=request.limits.reply_max_bytes,
+                                      judge_cpu_time_s=request.limits.judge_cpu_time_s)
         stdio = request.tests.form in ("stdio", "inline")  # the supervisor runs the program per case
         pending = deque(request.samples)
         reports: list[SampleReport] = []
@@ -887,7 +922,7 @@ class Supervisor:
         elif self.toolchain is not None and not self.toolchain.native:
             self.begin_build(run)
         try:
-            driver.cpu_base = cpu_of(driver.pid)
+            driver.cpu_base = driver.cpu()
             driver.send(messages.Judge(op="judge", sample_id=sample.id), fds)
         except OSError:
             run.judge_fault, run.judged_at = driver.describe_death(), time.monotonic()
@@ -1029,6 +1064,7 @@ class Supervisor:
 
     def tell_case(self, run: Run, report: CaseRun, stdout: bytes) -> None:
         try:
+            run.driver.cpu_base = run.driver.cpu()  # stdio: the driver's budget is per case's output it judges
             run.driver.send(report, payload=stdout)
         except OSError:
             self.driver_gone(run, run.driver.describe_death())
@@ -1084,9 +1120,15 @@ class Supervisor:
         program = run.program
         if now >= run.next_poll:  # CPU, polled: the program's processes, and the driver judging them
             run.next_poll = now + CPU_POLL_S
-            if cpu_of(run.driver.pid) - run.driver.cpu_base > run.limits.judge_cpu_time_s:
+            if not run.stdio and run.driver.cpu() - run.driver.cpu_base > run.limits.judge_cpu_time_s:
                 self.driver_gone(run, f"judging this sample's values took the test driver more than "
                                       f"{run.limits.judge_cpu_time_s:g} s of CPU")
+                return False
+            # stdio: the driver judges one case's output at a time (bounded): its work is the problem's checker's
+            if run.stdio and run.driver.cpu() - run.driver.cpu_base > run.limits.judge_cpu_time_s + JUDGE_MARGIN_S:
+                what = f"judging case {run.case + 1}'s output" if run.case >= 0 else "loading the problem's checker"
+                self.problem_gone(run, f"{what} took the test driver more than {run.limits.judge_cpu_time_s + JUDGE_MARGIN_S:g}"
+                                       f" s of CPU (a checker's budget is {run.limits.judge_cpu_time_s:g} s a case)")
                 return False
             if program is not None and not program.limit:
                 program.account()
@@ -1141,6 +1183,13 @@ class Supervisor:
 
     def driver_gone(self, run: Run, reason: str) -> None:
         run.judge_fault, run.judged_at = reason, time.monotonic()
+        driver = self.drivers.pop(run.slot, None)
+        if driver is not None:
+            driver.close()
+
+    def problem_gone(self, run: Run, reason: str) -> None:
+        """The driver is stopped for what the problem's own code did: the sample is not charged with it."""
+        run.judged, run.judged_at = Judged(sample_id=run.sample.id, load="loaded", test_fault=reason), time.monotonic()
         driver = self.drivers.pop(run.slot, None)
         if driver is not None:
             driver.close()
@@ -1200,7 +1249,7 @@ class Supervisor:
             judged = Judged(sample_id=run.sample.id, load=judged.load)
         end = run.stopped_at or run.judged_at or time.monotonic()
         run.timings.update(running_s=end - run.started, finishing_s=time.monotonic() - finishing,
-                           driver_cpu_s=max(0.0, cpu_of(run.driver.pid) - run.driver.cpu_base))
+                           driver_cpu_s=max(0.0, run.driver.cpu() - run.driver.cpu_base))
         return SampleReport(id=run.sample.id, judged=judged, judge_fault=clean(run.judge_fault, 1000),
                             time_limit=run.time_limit, exit_status=run.exit_status,  # type: ignore[arg-type]
                             cpu_s=round(run.cpu_s(), 4), wall_s=round(end - run.started, 4), max_rss_kib=run.max_rss_kib,
