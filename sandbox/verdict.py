@@ -9,6 +9,7 @@ ends the run); ``timeout`` only when nothing failed before time ran out.
 
 from __future__ import annotations
 
+from sandbox.harness.accounting import overcharged
 from sandbox.harness.messages import SampleReport, TestOutcome
 from sandbox.models import JobResult, TestResult, TestStatus, Verdict
 from sandbox.plan import PreparedJob
@@ -19,9 +20,14 @@ MESSAGE_CHARS = 300
 
 
 def to_result(prepared: PreparedJob, report: SampleReport, runtime: str, sandbox_id: str = "",
-              attempts: int = 1, anomalies: tuple[str, ...] = (), timings: dict[str, float] | None = None) -> JobResult:
+              attempts: int = 1, anomalies: tuple[str, ...] = (), timings: dict[str, float] | None = None,
+              container_cpu_s: float | None = None, others_charged_s: float = 0.0) -> JobResult:
+    """``container_cpu_s``: what the host gave the sandbox's container over the batch (its cgroup; None if
+    unknown), ``others_charged_s``: what the batch's other samples were charged: a timeout charged more than
+    that leaves is the machine's load, not the program's, and is not final."""
     tests, verdict, error = _decide(prepared, report)
-    return JobResult(
+    provisional = _provisional(prepared, report, container_cpu_s, others_charged_s) if verdict is Verdict.timeout else ""
+    return JobResult(provisional=provisional,
         job_id=prepared.job.id, verdict=verdict, tests=tests, error=error[:2000],
         stdout=report.stdout, stderr=report.stderr, stdout_truncated=report.stdout_truncated,
         stderr_truncated=report.stderr_truncated, wall_time_s=report.wall_s, cpu_time_s=report.cpu_s,
@@ -37,6 +43,14 @@ def whole_job_result(prepared: PreparedJob, verdict: Verdict, status: TestStatus
     tests = tuple(TestResult(name=name, status=status, message=message[:MESSAGE_CHARS]) for name in prepared.tests.names)
     return JobResult(job_id=prepared.job.id, verdict=verdict, tests=tests, error=message, attempts=attempts,
                      metadata=prepared.job.metadata, runtime=prepared.policy.runtime)
+
+
+def _provisional(prepared: PreparedJob, report: SampleReport, container_cpu_s: float | None,
+                 others_charged_s: float) -> str:
+    """Why a timeout may be the machine's load rather than the program ("" when it is final)."""
+    if _time_limit(report) == "wall":
+        return "stopped by a wall-clock limit, which the machine's load moves"
+    return overcharged(report.cpu_s, report.wall_s, prepared.policy.cpus, container_cpu_s, others_charged_s)
 
 
 def _time_limit(report: SampleReport) -> str:

@@ -39,6 +39,7 @@ from typing import Any, Iterable
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+import accounting  # noqa: E402
 import hardening  # noqa: E402
 import messages  # noqa: E402
 import protocol  # noqa: E402
@@ -166,6 +167,25 @@ def processes_of(uid: int, zombies: bool = False) -> dict[int, Seen]:
             if state is not None and state.state not in ended:
                 found[pid] = state
     return found
+
+
+def survey(uid: int) -> tuple[dict[int, Seen], dict[int, float]]:
+    """The processes of ``uid`` not yet reaped (zombies included), and the own CPU (raw ticks) of every
+    other process in the sandbox, this one's included: what the sandbox's CPUs gave besides."""
+    mine: dict[int, Seen] = {}
+    others: dict[int, float] = {}
+    for pid, owner in uids().items():
+        state = seen(pid)
+        if state is None or state.state == "X":
+            continue
+        if owner == uid:
+            mine[pid] = state
+        else:
+            others[pid] = state.cpu
+    me = seen(_ME)
+    if me is not None:
+        others[_ME] = me.cpu
+    return mine, others
 
 
 def cpu_of(pid: int) -> float:
@@ -420,8 +440,8 @@ class Zygote:
 class Program:
     """A process of the zygote's for one program run: its own uid and scratch, from spare to exit."""
 
-    def __init__(self, uid: int, scratch: str, pid: int, fds: list[int], output_cap: int) -> None:
-        self.uid, self.scratch, self.pid = uid, scratch, pid
+    def __init__(self, uid: int, scratch: str, pid: int, fds: list[int], output_cap: int, cpus: float = 1.0) -> None:
+        self.uid, self.scratch, self.pid, self.cpus = uid, scratch, pid, cpus
         stdin, boot, self.request_w, self.reply_r, out, err = fds
         self.unbooted = [stdin, boot]  # handed to writers at boot
         self.out, self.err = Capture(output_cap), Capture(output_cap)
@@ -434,6 +454,11 @@ class Program:
         self.gone_cpu = 0.0              # CPU of its processes that ended where no process of its own reaped them
         self.main_cpu = 0.0              # its first process's, with its reaped children's, at the last poll
         self.polled_cpu = 0.0            # all of it, the harness's part included (known for sure only later)
+        # gVisor's figures are ticks of runnable time: what counts is bounded by the sandbox's CPUs (accounting.py)
+        self.capacity = accounting.Capacity(cpus, time.monotonic())
+        self.curve = accounting.Curve()  # raw figure -> charged CPU, as polled
+        self.others_seen: dict[int, float] = {}  # every other process's raw CPU at the last poll
+        self.rlimit_s = 0                # RLIMIT_CPU beyond the harness's part: a backstop, not the budget
         self.exited: messages.Exited | None = None
         self.limit = ""                # which limit stopped it
         self.stopped_at = 0.0
@@ -447,10 +472,14 @@ class Program:
         self.started = time.monotonic()
         # The fork of a big interpreter costs a spare 0.1-0.2 s of CPU under gVisor (copy-on-write faults, more
         # with more runnable tasks): the harness's cost, read here before any of the program exists, is not its.
-        self.boot_cpu = cpu_of(self.pid)
+        mine, self.others_seen = survey(self.uid)
+        self.boot_cpu = mine[self.pid].cpu if self.pid in mine else 0.0
+        self.capacity = accounting.Capacity(self.cpus, self.started)
+        self.curve = accounting.Curve(self.boot_cpu)
         self.cpu_limit, self.wall_limit = cpu_s, wall_s
+        self.rlimit_s = accounting.rlimit_cpu_s(cpu_s, wall_s)
         self.out.cap = out_cap
-        boot = messages.ProgramBoot(mode=mode, source=source, cpu_s=int(cpu_s) + 1, apps_wrap=apps_wrap,  # type: ignore[arg-type]
+        boot = messages.ProgramBoot(mode=mode, source=source, cpu_s=self.rlimit_s, apps_wrap=apps_wrap,  # type: ignore[arg-type]
                                     argv=argv, files=files, memory_bytes=memory_bytes, env=env, guard=guard)
         stdin_fd, boot_fd = self.unbooted
         self.unbooted = []
@@ -469,8 +498,9 @@ class Program:
         self.request_w = self.reply_r = -1
 
     def account(self) -> None:
-        """CPU of all its processes: theirs, their reaped children's, and that of processes gone since."""
-        live = processes_of(self.uid, zombies=True)  # a child never waited for keeps its CPU in its own stat
+        """CPU of all its processes: theirs, their reaped children's, and that of processes gone since; the
+        increment since the last poll charged as far as the sandbox's CPUs could have given it."""
+        live, others = survey(self.uid)  # a child never waited for keeps its CPU in its own stat
         for pid, last in self.live.items():
             if pid != self.pid and pid not in live and not self._reaped_within(last, live):
                 self.gone_cpu += last.cpu + last.reaped_cpu  # nobody of its own will count it: we do
@@ -478,8 +508,12 @@ class Program:
             self.main_cpu = live[self.pid].cpu + live[self.pid].reaped_cpu
         self.live = live
         main = self.exited.cpu_s if self.exited else self.main_cpu  # the zygote's wait4: final, not polled
-        others = sum(s.cpu + s.reaped_cpu for pid, s in live.items() if pid != self.pid)
-        self.polled_cpu = max(self.polled_cpu, self.gone_cpu + main + others)
+        self.polled_cpu = max(self.polled_cpu, self.gone_cpu + main + sum(
+            s.cpu + s.reaped_cpu for pid, s in live.items() if pid != self.pid))
+        grown = sum(max(0.0, cpu - self.others_seen.get(pid, 0.0)) for pid, cpu in others.items())
+        self.others_seen = others
+        charged = self.capacity.share(time.monotonic(), self.polled_cpu - self.curve.raw, grown)
+        self.curve.add(self.polled_cpu, charged)
 
     def settle(self, zygote_pid: int) -> int:
         """Stop every process of the program and count their CPU while they are zombies, before anything
@@ -524,17 +558,25 @@ class Program:
         return clean(word.error or "does not compile", 3000) if word is not None and not word.ok else ""
 
     def exited_cpu(self) -> float:
-        """Its first process's CPU (with its reaped children's) by the zygote's wait4, less the harness's part."""
+        """Its first process's raw figure (with its reaped children's) by the zygote's wait4, less the harness's
+        part: what RLIMIT_CPU counted."""
         return max(0.0, self.exited.cpu_s - self.harness_cpu) if self.exited else 0.0
 
     def rlimit_fired(self, status: int) -> bool:
-        """Whether a kill by SIGXCPU/SIGKILL was RLIMIT_CPU's, before the supervisor's poll saw the limit."""
-        return status in (-signal.SIGXCPU, -signal.SIGKILL) and self.exited_cpu() >= self.cpu_limit - 0.05
+        """Whether a kill by SIGXCPU/SIGKILL was RLIMIT_CPU's backstop, before the supervisor's poll saw a limit."""
+        return status in (-signal.SIGXCPU, -signal.SIGKILL) and self.exited_cpu() >= self.rlimit_s - 0.05
+
+    def raw_s(self) -> float:
+        """gVisor's own figure for the program (runnable ticks of all its processes), the harness's part left out."""
+        raw = max(self.polled_cpu, self.exited.cpu_s if self.exited else 0.0)
+        return max(0.0, raw - self.harness_cpu)
 
     def cpu_s(self) -> float:
-        """The program's CPU: the harness's part is taken off when read, never when polled (a poll may come
-        before the harness has said how much was its own)."""
-        return max(0.0, self.polled_cpu - self.harness_cpu, self.exited_cpu())
+        """The program's CPU: its raw figure's increments as far as the sandbox's CPUs could have given them
+        (``accounting.Capacity``). The harness's part is taken off when read, never when polled (a poll may
+        come before the harness has said how much was its own)."""
+        raw = max(self.polled_cpu, self.exited.cpu_s if self.exited else 0.0)
+        return self.curve.between(self.harness_cpu, raw)
 
     def done(self) -> bool:
         """Exited and its output read to the end."""
@@ -639,6 +681,7 @@ class Run:
         self.time_limit = ""
         self.stopped_at = self.judged_at = 0.0
         self.cpu_done = 0.0                       # stdio: CPU of the cases already run
+        self.ticks_done = 0.0                     # ... and gVisor's raw figure for them (runnable ticks)
         self.max_rss_kib = 0
         self.exit_status: int | None = None
         self.leftovers: list[str] = []
@@ -710,7 +753,7 @@ class Supervisor:
         kind, what, asked = self.pending.pop(message.token)
         if kind == "program":
             uid, scratch = what
-            program = Program(uid, scratch, message.pid, fds, self.limits.output_max_bytes)
+            program = Program(uid, scratch, message.pid, fds, self.limits.output_max_bytes, self.limits.cpus)
             program.fork_s = time.monotonic() - asked
             self.programs[program.pid] = program
             self.spares.append(program)
@@ -1167,6 +1210,7 @@ class Supervisor:
         self.release(run, program)
         run.program = None
         run.cpu_done += program.cpu_s()
+        run.ticks_done += program.raw_s()
         if not program.limit and program.cpu_s() >= program.cpu_limit:  # counted in full only once settled
             program.limit = "cpu"
         elif not program.limit and run.cpu_done >= run.limits.cpu_time_s:
@@ -1239,7 +1283,7 @@ class Supervisor:
                     run.exit_status = os.waitstatus_to_exitcode(program.exited.status)
                     if not run.time_limit and program.rlimit_fired(run.exit_status):
                         run.time_limit = "cpu"
-                run.cpu_done = program.cpu_s()
+                run.cpu_done, run.ticks_done = program.cpu_s(), program.raw_s()
                 if not run.time_limit and run.cpu_done >= program.cpu_limit:  # counted in full only once settled
                     run.time_limit = "cpu"
             run.program = None
@@ -1248,7 +1292,7 @@ class Supervisor:
         if run.judge_fault:
             judged = Judged(sample_id=run.sample.id, load=judged.load)
         end = run.stopped_at or run.judged_at or time.monotonic()
-        run.timings.update(running_s=end - run.started, finishing_s=time.monotonic() - finishing,
+        run.timings.update(running_s=end - run.started, finishing_s=time.monotonic() - finishing, cpu_ticks_s=run.ticks_done,
                            driver_cpu_s=max(0.0, run.driver.cpu() - run.driver.cpu_base))
         return SampleReport(id=run.sample.id, judged=judged, judge_fault=clean(run.judge_fault, 1000),
                             time_limit=run.time_limit, exit_status=run.exit_status,  # type: ignore[arg-type]
