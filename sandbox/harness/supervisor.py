@@ -330,60 +330,99 @@ def started_word(status: Capture) -> messages.Started | None:
 def harvest_build(root: str, max_bytes: int) -> dict[str, tuple[int, bytes]] | str:
     """What a compile step left under ``root``, read as root from a directory its uid controlled: regular
     files and directories only (links and anything else skipped), never followed, bounded in number and size.
-    The build, or why it cannot be used (the program's fault: its compile step made it so)."""
+    The build, or why it cannot be used (the program's fault: its compile step made it so).
+
+    No link is ever followed, ``root`` itself included: each entry is taken relative to its directory's open
+    descriptor (``_take``), and a directory is read only once root holds it (owner and mode changed on its
+    own descriptor)."""
     found: dict[str, tuple[int, bytes]] = {}
     total, entries = 0, 0
-    pending = [""]
-    while pending:
-        folder = pending.pop()
-        try:
-            here = os.path.join(root, folder)
-            os.lchown(here, 0, 0)
-            os.chmod(here, 0o700)
-            listing = list(os.scandir(here))
-        except OSError:
-            return "the compile step left no output" if not folder else f"cannot read {folder!r} of the build"
-        for entry in listing:  # the compile uid's processes are gone: its files are taken back (root has no DAC
-            entries += 1       # override), never followed
+    parent_path, top = os.path.split(root)
+    try:
+        parent = os.open(parent_path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return "the compile step left no output"
+    try:
+        first = _take(parent, top, "dir")
+    finally:
+        os.close(parent)
+    if first is None:
+        return "the compile step left no output"
+    pending: list[tuple[str, int]] = [("", first)]
+    try:
+        while pending:
+            folder, fd = pending.pop()
             try:
-                os.lchown(entry.path, 0, 0)
-            except OSError:
-                continue
-            if entries > BUILD_MAX_ENTRIES:
-                return f"the build has more than {BUILD_MAX_ENTRIES} files"
-            name = os.path.join(folder, entry.name)
-            if entry.is_dir(follow_symlinks=False):
-                if name.count("/") < 32:
-                    pending.append(name)
-                continue
-            if not entry.is_file(follow_symlinks=False):
-                continue
-            try:
-                mode = entry.stat(follow_symlinks=False).st_mode
-                os.chmod(entry.path, 0o400 | (mode & 0o111))
-                fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-            except OSError:
-                continue
-            try:
-                info = os.fstat(fd)
-                if not stat_is_regular(info.st_mode) or total + info.st_size > max_bytes:
-                    if stat_is_regular(info.st_mode):
+                try:
+                    names = os.listdir(fd)
+                except OSError:
+                    return f"cannot read {folder!r} of the build"
+                for entry in names:
+                    entries += 1
+                    if entries > BUILD_MAX_ENTRIES:
+                        return f"the build has more than {BUILD_MAX_ENTRIES} files"
+                    name = os.path.join(folder, entry)
+                    if name.count("/") >= 32:
+                        continue
+                    child = _take(fd, entry, "any")
+                    if child is None:
+                        continue  # a link, a fifo, a socket, or gone: skipped, never followed
+                    info = os.fstat(child)
+                    if stat_is_directory(info.st_mode):
+                        pending.append((name, child))
+                        continue
+                    try:
+                        if total + info.st_size > max_bytes:
+                            return f"the build is larger than {max_bytes >> 20} MiB"
+                        chunks, size = [], 0
+                        while size <= info.st_size:
+                            chunk = os.read(child, 1 << 20)
+                            if not chunk:
+                                break
+                            chunks.append(chunk)
+                            size += len(chunk)
+                    finally:
+                        os.close(child)
+                    total += size
+                    if total > max_bytes:
                         return f"the build is larger than {max_bytes >> 20} MiB"
-                    continue
-                chunks, size = [], 0
-                while size <= info.st_size:
-                    chunk = os.read(fd, 1 << 20)
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-                    size += len(chunk)
+                    found[name] = (0o555 if info.st_mode & 0o111 else 0o444, b"".join(chunks))
             finally:
                 os.close(fd)
-            total += size
-            if total > max_bytes:
-                return f"the build is larger than {max_bytes >> 20} MiB"
-            found[name] = (0o555 if info.st_mode & 0o111 else 0o444, b"".join(chunks))
+    finally:
+        for _, fd in pending:
+            os.close(fd)
     return found if found else "the compile step left no output"
+
+
+def _take(directory: int, name: str, wanted: str) -> int | None:
+    """Take back one entry of a directory root holds (open by ``directory``; only root can change it now): its
+    owner is changed without following it (root has no DAC override: the owner's bits must become root's), its
+    type is read without following, its mode is set only if it is a regular file or a directory, and it is
+    opened ``O_NOFOLLOW`` and checked to be the inode that was looked at. A descriptor (the caller closes it),
+    or None for anything else (a link is never followed, whatever it points at). ``wanted``: "dir" or "any"."""
+    try:
+        os.chown(name, 0, 0, dir_fd=directory, follow_symlinks=False)
+        before = os.stat(name, dir_fd=directory, follow_symlinks=False)
+        if stat_is_directory(before.st_mode):
+            mode, flags = 0o700, os.O_RDONLY | os.O_DIRECTORY
+        elif stat_is_regular(before.st_mode) and wanted == "any":
+            mode, flags = 0o400 | (before.st_mode & 0o111), os.O_RDONLY | os.O_NONBLOCK
+        else:
+            return None
+        os.chmod(name, mode, dir_fd=directory)  # not a link (just seen, in a directory nobody else can change)
+        fd = os.open(name, flags | os.O_NOFOLLOW, dir_fd=directory)
+    except OSError:
+        return None
+    after = os.fstat(fd)
+    if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino) or after.st_uid != 0:
+        os.close(fd)
+        return None
+    return fd
+
+
+def stat_is_directory(mode: int) -> bool:
+    return (mode & 0o170000) == 0o040000
 
 
 def stat_is_regular(mode: int) -> bool:
