@@ -170,8 +170,10 @@ def processes_of(uid: int, zombies: bool = False) -> dict[int, Seen]:
 
 
 def survey(uid: int) -> tuple[dict[int, Seen], dict[int, float]]:
-    """The processes of ``uid`` not yet reaped (zombies included), and the own CPU (raw ticks) of every
-    other process in the sandbox, this one's included: what the sandbox's CPUs gave besides."""
+    """The processes of ``uid`` not yet reaped (zombies included), and the own CPU (raw ticks) of every other
+    process in the sandbox (the zygote, spares, drivers and judges): what the sandbox's CPUs gave besides. Not
+    this supervisor's: its work (reading a program's output and its processes) is the program's doing, and
+    counted as another's it would let a program that floods its output shrink its own share."""
     mine: dict[int, Seen] = {}
     others: dict[int, float] = {}
     for pid, owner in uids().items():
@@ -182,9 +184,6 @@ def survey(uid: int) -> tuple[dict[int, Seen], dict[int, float]]:
             mine[pid] = state
         else:
             others[pid] = state.cpu
-    me = seen(_ME)
-    if me is not None:
-        others[_ME] = me.cpu
     return mine, others
 
 
