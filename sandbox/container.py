@@ -176,9 +176,12 @@ class Sandbox:
         except (requests.exceptions.RequestException, OSError) as exc:
             self.close()
             raise InfrastructureError(f"docker engine unreachable: {exc}") from exc
+        except BaseException:  # interrupted (SIGTERM of `sandbox run`): the container must not outlive us
+            self.close()
+            raise
         try:
             self._handshake()
-        except Exception:
+        except BaseException:
             self.close()
             raise
 

@@ -216,10 +216,10 @@ def kill_uid(uid: int, zygote_pid: int, reap_zombies: bool = True) -> int:
     found: set[int] = set()
     while True:
         present = processes_of(uid, zombies=True)
-        if reap_zombies:
-            reap([pid for pid, state in present.items() if state.state == "Z"], zygote_pid)
         alive = [pid for pid, state in present.items() if state.state != "Z"]
-        if not alive:
+        if not alive:  # zombies are reaped only now: each still holds its place under RLIMIT_NPROC, so while the
+            if reap_zombies:  # sweep lasts, every process killed is one a fork bomb cannot replace
+                reap([pid for pid, state in present.items() if state.state == "Z"], zygote_pid)
             return len(found)
         if time.monotonic() > deadline:
             raise Tainted(f"{len(alive)} process(es) of uid {uid} survived {SWEEP_DEADLINE_S:.0f} s of SIGKILL")
@@ -1185,9 +1185,19 @@ class Supervisor:
         """A limit fired (``limit``: the run's own "cpu"/"wall", or the stdio sample's whole "sample" budget,
         counted on ``clock``): end every process of the program; the driver then reports what it saw."""
         program.limit, program.stopped_at = limit, time.monotonic()
-        kill_uid(program.uid, self.zygote.pid)
+        self.sweep(run, program)
         if not run.stdio or limit == "sample":
             run.time_limit, run.stopped_at = clock, program.stopped_at
+
+    def sweep(self, run: Run, program: Program) -> None:
+        """End every process of a program that is still running. Processes that outlive the sweep (a fork bomb
+        outrunning it) taint the sandbox, which is discarded after this batch; the run itself goes on to its
+        report (its limit is what stopped it), so that it is judged once, not run again in a fresh sandbox."""
+        try:
+            kill_uid(program.uid, self.zygote.pid)
+        except Tainted as exc:
+            self.taint = self.taint or str(exc)
+            run.leftovers.append(str(exc))
 
     def check(self, run: Run) -> bool:
         """Enforce limits; True once the run can be finished."""
@@ -1224,7 +1234,7 @@ class Supervisor:
                 self.stop(run, program, "wall", "wall")
             elif run.stdio and program.out.truncated and not program.stopped_at:  # output limit: judged as such
                 program.stopped_at = now                                           # now, not at a later timeout
-                kill_uid(program.uid, self.zygote.pid)
+                self.sweep(run, program)
         if not run.stdio:
             if run.time_limit and now >= run.stopped_at + DRIVER_GRACE_S:  # the driver did not come back
                 self.driver_gone(run, f"the test driver did not report within {DRIVER_GRACE_S:.0f} s of the sample's end")
