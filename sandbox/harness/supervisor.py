@@ -361,14 +361,15 @@ def harvest_build(root: str, max_bytes: int) -> dict[str, tuple[int, bytes]] | s
                     if entries > BUILD_MAX_ENTRIES:
                         return f"the build has more than {BUILD_MAX_ENTRIES} files"
                     name = os.path.join(folder, entry)
-                    if name.count("/") >= 32:
-                        continue
                     child = _take(fd, entry, "any")
                     if child is None:
                         continue  # a link, a fifo, a socket, or gone: skipped, never followed
                     info = os.fstat(child)
                     if stat_is_directory(info.st_mode):
-                        pending.append((name, child))
+                        if name.count("/") < 32:
+                            pending.append((name, child))
+                        else:
+                            os.close(child)
                         continue
                     try:
                         if total + info.st_size > max_bytes:
