@@ -597,8 +597,8 @@ def _print_score(score: Any, reruns: int, confirmed: int) -> None:
         click.echo("  (filtered: only samples that pass the public examples count; a problem none passes scores 0)")
     if score.ranked_pass_at_1 is not None:
         click.echo(f"  ranked pass@1 (highest mean log-probability per problem): {score.ranked_pass_at_1:.4f}")
-    click.echo(f"  {score.timeouts} sample(s) failed no test but ran out of time; {reruns} stopped by the wall-clock "
-               f"backstop ran once more ({confirmed} timed out again)")
+    click.echo(f"  {score.timeouts} sample(s) failed no test but ran out of time; {reruns} whose timeout the machine's load "
+               f"may have caused ran once more ({confirmed} timed out again)")
     if score.infra_errors:
         click.secho(f"  {score.infra_errors} sample(s) hit infrastructure errors and are left out of n", fg="magenta")
 
