@@ -31,6 +31,7 @@ import os
 import select
 import signal
 import socket
+import struct
 import sys
 import time
 from collections import OrderedDict, deque
@@ -50,6 +51,7 @@ SHM = "/dev/shm"
 FIRST_PROGRAM_UID = 100_000      # programs: 100000, 100001, ... never reused in one sandbox
 LAST_PROGRAM_UID = 1_000_000
 JUDGE_UID = 2_000                # drivers: 2000 + slot
+CREDENTIALS = struct.Struct("iII")  # SCM_CREDENTIALS: pid, uid, gid of a message's sender
 READ_CHUNK = 65536
 CPU_POLL_S = 0.1
 EXIT_GRACE_S = 0.5               # for a program to flush its output after the driver's "end"
@@ -639,6 +641,10 @@ class Driver:
         boot, control, stderr = fds
         self.boot_fd: int | None = boot
         self.control = socket.socket(fileno=control)
+        # each message says who sent it: a report counts only from the template (this pid), which passes one on
+        # only once its judge and everything the judge started have ended; a judge (a careless test may run a
+        # sample's code there) that sent one itself and lived on would take the next sample's request and answer it
+        self.control.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.stderr_fd: int | None = stderr
         self.stderr = Capture(DRIVER_STDERR_BYTES)
         self.writer: Writer | None = None
@@ -1082,9 +1088,12 @@ class Supervisor:
         if driver is None:
             return
         try:
-            data = driver.control.recv(8 << 20)
+            data, ancillary, _, _ = driver.control.recvmsg(8 << 20, socket.CMSG_SPACE(CREDENTIALS.size))
         except OSError:
-            data = b""
+            data, ancillary = b"", []
+        sender = next((CREDENTIALS.unpack(cmsg[2][:CREDENTIALS.size])[0] for cmsg in ancillary
+                       if cmsg[:2] == (socket.SOL_SOCKET, socket.SCM_CREDENTIALS) and len(cmsg[2]) >= CREDENTIALS.size),
+                      None)
         run = self.runs.get(slot)
         if not data:
             self.driver_died(slot)
@@ -1102,6 +1111,8 @@ class Supervisor:
                         self.run_case(run, request.index)
                 return
             judged = messages.from_dict(Judged, raw)
+            if sender != driver.pid:  # a judge's own report, never passed on by its template: not a verdict
+                raise ValueError(f"a report sent by process {sender}, not by the test driver's template")
         except (ValueError, AttributeError) as exc:
             if run is not None:
                 self.driver_gone(run, f"the test driver sent a malformed message: {str(exc)[:200]}")
