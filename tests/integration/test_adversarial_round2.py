@@ -53,3 +53,25 @@ HOLD = f"exec({HOLD_CODE!r}, {{}}) or []"
 def test_a_judge_that_stays_alive_cannot_answer_for_the_next_sample(runner: Runner) -> None:  # noqa: F811
     [attacker] = with_range_innocents(runner, stdio(printing(HOLD)))
     assert attacker.verdict is Verdict.error, attacker  # its values made its judge send a report itself
+
+
+# The judge's uid is its slot's: the spare driver forked ahead for the slot's next batch has it too, so a judge
+# may signal it. Killed, the next batch (another job's samples, maybe another caller's) starts on a dead driver.
+KILL_SPARE_CODE = r'''
+import os, signal
+me, parent = os.getpid(), os.getppid()
+for name in os.listdir('/proc'):
+    if name.isdigit() and int(name) not in (me, parent):
+        try:
+            if os.stat('/proc/' + name).st_uid == os.getuid():
+                os.kill(int(name), signal.SIGKILL)
+        except OSError:
+            pass
+'''
+KILL_SPARE = f"exec({KILL_SPARE_CODE!r}, {{}}) or []"
+
+
+def test_a_judge_that_kills_the_spare_driver_harms_no_later_batch(runner: Runner) -> None:  # noqa: F811
+    [attacker] = runner.run([stdio(printing(KILL_SPARE))])
+    assert attacker.verdict is not Verdict.infra_error, attacker
+    with_range_innocents(runner)  # the next batch, in the same warm sandbox
