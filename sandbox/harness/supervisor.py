@@ -1264,6 +1264,11 @@ class Supervisor:
             elif run.stdio and program.out.truncated and not program.stopped_at:  # output limit: judged as such
                 program.stopped_at = now                                           # now, not at a later timeout
                 self.sweep(run, program)
+        if run.judged is None and not run.judge_fault and (template := seen(run.driver.pid)) is not None \
+                and template.state in "Tt":  # only a judge (its uid) can stop its template: this sample's values ran there
+            self.driver_gone(run, "the test driver was stopped while it judged this sample (a judge of its values "
+                                  "signalled it)")
+            return False
         if not run.stdio:
             if run.time_limit and now >= run.stopped_at + DRIVER_GRACE_S:  # the driver did not come back
                 self.driver_gone(run, f"the test driver did not report within {DRIVER_GRACE_S:.0f} s of the sample's end")

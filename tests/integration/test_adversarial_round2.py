@@ -22,8 +22,10 @@ STOP_TEMPLATE = "__import__('os').kill(__import__('os').getppid(), 19) or []"
 
 @pytest.mark.parametrize("attack", [KILL_TEMPLATE, STOP_TEMPLATE], ids=["kill", "stop"])
 def test_a_judge_that_signals_its_template_harms_only_its_own_sample(runner: Runner, attack: str) -> None:  # noqa: F811
+    # stopped, its template never passed a report on: the supervisor waited for it until the host gave the
+    # sandbox up (240 s), twice, before the canary; now a stopped template ends that sample's judging at once
     [attacker] = with_range_innocents(runner, stdio(printing(attack)))
-    assert attacker.verdict is not Verdict.passed and attacker.verdict is not Verdict.infra_error, attacker
+    assert attacker.verdict is Verdict.error, attacker
 
 
 # The judge itself (not a leftover) stays alive: it reports its own sample at once, so the supervisor moves on
