@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from sandbox.models import Verdict
+from sandbox.models import JobSpec, Verdict
 from sandbox.runner import Runner
 from tests.integration.test_judge_isolation import printing, runner, stdio, with_range_innocents  # noqa: F401
 
@@ -77,3 +77,16 @@ def test_a_judge_that_kills_the_spare_driver_harms_no_later_batch(runner: Runner
     [attacker] = runner.run([stdio(printing(KILL_SPARE))])
     assert attacker.verdict is not Verdict.infra_error, attacker
     with_range_innocents(runner)  # the next batch, in the same warm sandbox
+
+
+# -- the float comparator: a token that overflows is no number (testlib's readDouble refuses an infinity) ------
+HUGE = "1" * 400
+
+
+def test_a_wrong_huge_number_is_not_an_equal_infinity(runner: Runner) -> None:  # noqa: F811
+    cases = [{"input": "\n", "output": f"{HUGE}\n"}]
+    spec = {"cases": cases, "comparator": "float"}
+    wrong, right = runner.run([JobSpec(program=f"print('{'2' * 400}')\n", stdio=spec, policy="stdio"),  # type: ignore[arg-type]
+                               JobSpec(program=f"print('{HUGE}')\n", stdio=spec, policy="stdio")])  # type: ignore[arg-type]
+    assert wrong.verdict is Verdict.failed, wrong   # passed before: both read as +inf, and inf == inf
+    assert right.verdict is Verdict.passed, right

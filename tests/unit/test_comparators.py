@@ -89,7 +89,9 @@ def test_call_comparators(name: str, result: object, expected: object, verdict: 
     ("0x10", "16", False),           # hex: letters are not allowed
     ("infinity", "inf", False),      # neither reads as a number in testlib: text, and unequal
     ("NaN", "nan", False),
-    ("1e999", "2e999", True),        # both overflow to +infinity (sscanf's HUGE_VAL), equal as testlib has it
+    ("1e999", "2e999", False),       # both overflow: testlib's readDouble refuses an infinity (no number, PE)
+    ("1" * 400, "2" * 400, False),   # a wrong huge answer was "equal" to the expected one as two infinities
+    ("1e999", "1e999", True),        # the same token
     ("1e999", "-1e999", False),
     ("1.0000001", "1_0.0000001", False),
 ])
@@ -99,7 +101,8 @@ def test_float_reads_numbers_as_testlib_does(output: str, expected: str, verdict
 
 @pytest.mark.parametrize("token, value", [("10", 10.0), ("-0.5", -0.5), ("1E+2", 100.0), ("1_0", None), ("１", None),
                                           ("nan", None), ("inf", None), ("", None), ("1 ", None), ("1\n", None),
-                                          ("--1", None), ("1.2.3", None), ("e5", None)])
+                                          ("--1", None), ("1.2.3", None), ("e5", None),
+                                          ("1e999", None), ("-" + "9" * 400, None)])
 def test_testlib_number_grammar(token: str, value: float | None) -> None:
     assert comparators.testlib_number(token) == value
 
