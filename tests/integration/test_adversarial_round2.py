@@ -90,3 +90,25 @@ def test_a_wrong_huge_number_is_not_an_equal_infinity(runner: Runner) -> None:  
                                JobSpec(program=f"print('{HUGE}')\n", stdio=spec, policy="stdio")])  # type: ignore[arg-type]
     assert wrong.verdict is Verdict.failed, wrong   # passed before: both read as +inf, and inf == inf
     assert right.verdict is Verdict.passed, right
+
+
+# The same, with the judge claiming its template's pid in explicit SCM_CREDENTIALS (the kernel must refuse a pid
+# not the sender's own without CAP_SYS_ADMIN, which no judge has).
+CLAIM_CODE = HOLD_CODE.replace(
+    "    control.socket.sendall(json.dumps(",
+    "    import os, socket, struct\n"
+    "    creds = struct.pack('iII', os.getppid(), os.getuid(), os.getgid())\n"
+    "    try:\n"
+    "        control.socket.sendmsg([json.dumps(").replace(
+    "'completed': True}).encode())",
+    "'completed': True}).encode()], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, creds)])\n"
+    "    except OSError:\n"
+    "        control.socket.sendall(json.dumps({'sample_id': sample_id, 'load': 'loaded', 'outcomes': outcomes,"
+    " 'completed': True}).encode())")
+CLAIM = f"exec({CLAIM_CODE!r}, {{}}) or []"
+
+
+def test_a_judge_cannot_claim_its_templates_pid(runner: Runner) -> None:  # noqa: F811
+    assert "SCM_CREDENTIALS" in CLAIM_CODE
+    [attacker] = with_range_innocents(runner, stdio(printing(CLAIM)))
+    assert attacker.verdict is Verdict.error, attacker
