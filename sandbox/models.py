@@ -154,6 +154,9 @@ class JobSpec(_Frozen):
     stop_on_first_failure: bool = Field(default=False, description="stop a sample at its first failing test "
                                         "(enough for pass/fail: RL rewards, filtering); later tests are not run")
     policy: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    fresh_sandbox: bool = Field(default=False, description="run in a sandbox started for this job's batch and removed "
+                                "after it (its own string-hash secret: re-runs that must see set-order "
+                                "non-determinism); never in a warm one")
     limits: LimitOverrides | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
 

@@ -57,7 +57,8 @@ class PreparedJob:
     @property
     def group_key(self) -> tuple[Any, ...]:
         """Jobs with equal keys can share one batch: same tests, limits, language and image."""
-        return (self.tests.digest, self.job.stop_on_first_failure, self.policy, self.image, self.job.language)
+        return (self.tests.digest, self.job.stop_on_first_failure, self.policy, self.image, self.job.language,
+                self.job.fresh_sandbox)
 
     @property
     def cache_key(self) -> str:

@@ -49,6 +49,10 @@ class SandboxPool:
                 return self._idle[policy, image].pop()
         return self._new(policy, image)
 
+    def fresh(self, policy: Policy, image: str) -> Sandbox:
+        """A sandbox started for one batch (a new interpreter, so a new string-hash secret); discard it after."""
+        return self._new(policy, image)
+
     def release(self, sandbox: Sandbox, recycle: bool) -> None:
         if recycle or not self.warm or sandbox.runs >= self.max_runs:
             self._close(sandbox)

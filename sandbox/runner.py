@@ -98,7 +98,8 @@ class Runner:
 
     def _execute(self, batch: list[PreparedJob]) -> tuple[BatchReply, str, str]:
         first = batch[0]
-        sandbox = self.pool.acquire(first.policy, first.image)
+        fresh = first.job.fresh_sandbox  # a sandbox of its own, never warm, never kept: a new string-hash secret
+        sandbox = self.pool.fresh(first.policy, first.image) if fresh else self.pool.acquire(first.policy, first.image)
         sandbox_id = sandbox.id[:12]
         request = batch_request(batch)
         # per sample: its report (bounded by the driver), and stdout and stderr, whose bytes JSON may escape 6-fold
@@ -112,7 +113,10 @@ class Runner:
         if {report.id for report in reply.samples} | set(reply.unrun) != {p.job.id for p in batch}:
             self.pool.discard(sandbox)
             raise SandboxCrashed("the sandbox answered for other samples than it was given")
-        self.pool.release(sandbox, recycle=not reply.healthy)
+        if fresh:
+            self.pool.discard(sandbox)
+        else:
+            self.pool.release(sandbox, recycle=not reply.healthy)
         return reply, sandbox.runtime, sandbox_id
 
     def _final_failure(self, prepared: PreparedJob, failures: list[InfrastructureError]) -> JobResult | None:

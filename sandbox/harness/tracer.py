@@ -31,7 +31,10 @@ import threading
 import time
 import types
 
-import values
+if __package__:  # on the host, as sandbox.harness.tracer (its constants frame the records)
+    from . import values
+else:  # in the sandbox, beside the other harness modules
+    import values
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -43,9 +46,9 @@ MAX_ATTEMPTS = 500                 # calls of one function looked at, after whic
 MAX_CALLS = 64                     # distinct calls kept per function
 MAX_CALL_BYTES = 10 << 10          # one encoded call
 MAX_ITEMS = 100                    # generator items recorded per call
-MAX_TOTAL_BYTES = 6 << 20          # all calls together
+MAX_TOTAL_BYTES = 4 << 20          # all calls together (the block must fit the policy's output_max_kib)
 MAX_SOURCE_BYTES = 512 << 10       # one module's source text sent back
-MAX_SOURCES_BYTES = 4 << 20
+MAX_SOURCES_BYTES = 2 << 20
 MAX_FUNCTIONS = 2000
 # archives
 MAX_MEMBERS = 5000
