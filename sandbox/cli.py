@@ -832,23 +832,35 @@ STATUS_COLORS = {"passed": "green", "failed": "red", "error": "red", "timeout": 
                  "infra_error": "magenta"}
 
 
+def printable(text: str) -> str:
+    """Text a sample chose, safe to print to a terminal: control and format characters (ANSI escapes, carriage
+    returns, backspaces, bidirectional overrides, line separators) and lone surrogates are shown escaped
+    (``\\x1b``, ``\\r``, ``\\u202e``), so nothing it printed can move the cursor or repaint the verdict."""
+    import unicodedata
+
+    return "".join(ch if ch == "\t" or (ch.isprintable() and unicodedata.category(ch)[0] != "C")
+                   else ch.encode("unicode_escape", "backslashreplace").decode("ascii") for ch in text)
+
+
 def format_result(result: JobResult) -> str:
+    """The table ``sandbox run`` prints: every text in it that a job or a sample chose goes through ``printable``."""
     verdict = result.verdict.value
-    lines = [click.style(f"{result.job_id}: {verdict.upper()}", fg=STATUS_COLORS.get(verdict), bold=True)
-             + (f"  {result.error}" if result.error else "")]
-    width = max([len(t.name) for t in result.tests] + [4])
+    lines = [click.style(f"{printable(result.job_id)}: {verdict.upper()}", fg=STATUS_COLORS.get(verdict), bold=True)
+             + (f"  {printable(result.error)}" if result.error else "")]
+    width = max([len(printable(t.name)) for t in result.tests] + [4])
     for test in result.tests:
         duration = f"{test.duration_s * 1000:7.1f} ms" if test.duration_s is not None else " " * 10
         status = click.style(f"{test.status.value:<8}", fg=STATUS_COLORS.get(test.status.value))
-        lines.append(f"  {test.name:<{width}}  {status} {duration}  {test.message}")
+        lines.append(f"  {printable(test.name):<{width}}  {status} {duration}  {printable(test.message)}")
     passed = sum(t.status.value == "passed" for t in result.tests)
     lines.append(f"  {passed}/{len(result.tests)} tests passed · wall {result.wall_time_s}s · cpu {result.cpu_time_s}s"
-                 f" · peak {result.peak_memory_kib} KiB · runtime {result.runtime} · attempts {result.attempts}")
+                 f" · peak {result.peak_memory_kib} KiB · runtime {printable(result.runtime)} · attempts {result.attempts}")
     for stream in ("stdout", "stderr"):
         text = getattr(result, stream)
         if text.strip():
             cut = " (truncated)" if getattr(result, f"{stream}_truncated") else ""
-            lines.append(f"  --- {stream}{cut} ---\n" + "\n".join("  " + line for line in text.rstrip().splitlines()[-20:]))
+            tail = text.rstrip().split("\n")[-20:]  # split on newlines only: every other separator is shown escaped
+            lines.append(f"  --- {stream}{cut} ---\n" + "\n".join("  " + printable(line) for line in tail))
     return "\n".join(lines)
 
 

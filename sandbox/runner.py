@@ -70,7 +70,7 @@ class Runner:
             batch = batches.popleft()
             started = time.monotonic()
             try:
-                reply, runtime, sandbox_id = self._execute(batch)
+                reply, runtime, sandbox_id, container_cpu_s = self._execute(batch)
             except InfrastructureError as exc:
                 if len(batch) > 1:  # isolate whichever sample brought the sandbox down
                     batches.extend([p] for p in batch)
@@ -88,15 +88,18 @@ class Runner:
             by_id = {p.job.id: p for p in batch}
             anomalies = () if reply.healthy else tuple(f"sandbox discarded after this batch: {a}" for a in reply.anomalies)
             share = {"sandbox_s": round((time.monotonic() - started) / max(1, len(reply.samples)), 4)}
+            charged = sum(report.cpu_s for report in reply.samples)
             for report in reply.samples:
                 prepared = by_id.pop(report.id)
                 attempts = len(failures[prepared.job.id]) + 1 + (prepared.job.id in split)
-                yield to_result(prepared, report, runtime, sandbox_id, attempts=attempts,
-                                anomalies=anomalies, timings=share)
+                yield to_result(prepared, report, runtime, sandbox_id, attempts=attempts, anomalies=anomalies,
+                                timings=share, container_cpu_s=container_cpu_s, others_charged_s=charged - report.cpu_s)
             if by_id:  # not started: the sandbox had to be discarded first
                 batches.append(list(by_id.values()))
 
-    def _execute(self, batch: list[PreparedJob]) -> tuple[BatchReply, str, str]:
+    def _execute(self, batch: list[PreparedJob]) -> tuple[BatchReply, str, str, float | None]:
+        """The batch's reply, the runtime and short id of the sandbox that ran it, and the CPU the host gave that
+        sandbox over the batch (None where its cgroup cannot be read)."""
         first = batch[0]
         fresh = first.job.fresh_sandbox  # a sandbox of its own, never warm, never kept: a new string-hash secret
         sandbox = self.pool.fresh(first.policy, first.image) if fresh else self.pool.acquire(first.policy, first.image)
@@ -117,7 +120,7 @@ class Runner:
             self.pool.discard(sandbox)
         else:
             self.pool.release(sandbox, recycle=not reply.healthy)
-        return reply, sandbox.runtime, sandbox_id
+        return reply, sandbox.runtime, sandbox_id, sandbox.batch_cpu_s
 
     def _final_failure(self, prepared: PreparedJob, failures: list[InfrastructureError]) -> JobResult | None:
         """Decide whether a lone job's sandbox failures are final, and whose fault they are."""
@@ -147,7 +150,7 @@ class Runner:
         canary = self.planner.prepare(CANARY.model_copy(update={"policy": prepared.job.policy}))
         canary = PreparedJob(canary.job, self.planner.policy(prepared.job.policy), canary.tests, prepared.image)
         try:
-            reply, _, _ = self._execute([canary])
+            reply, _, _, _ = self._execute([canary])
         except InfrastructureError as exc:
             return False, str(exc)[:200]
         result = to_result(canary, reply.samples[0], "") if reply.samples else None
