@@ -342,7 +342,7 @@ def render_function(project: ProjectInfo, function: Any, source: str | None) -> 
     result.stage = "deterministic"
     task_id = f"CI/{project.name}-{project.version}/{function.module}.{function.qualname}"
     row = {"task_id": task_id, "prompt": prompt, "canonical_solution": body, "test": check,
-           "entry_point": node.name,
+           "entry_point": node.name, "prompt_trusted": False,  # project code: never run in the judge
            "ci": {"project": project.name, "version": project.version, "sdist_sha256": project.sha256,
                   "license": project.license, "module": function.module, "qualname": function.qualname,
                   "file": function.file, "line": function.line, "calls_traced": len(function.calls),
