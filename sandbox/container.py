@@ -23,9 +23,10 @@ from docker.types import Ulimit
 
 from pydantic import TypeAdapter, ValidationError
 
-from sandbox.errors import ImageMissing, InfrastructureError, RuntimeUnavailable, SandboxCrashed, SandboxTimeout
+from sandbox.errors import (ImageMissing, InfrastructureError, RuntimeUnavailable, SandboxCrashed, SandboxRefused,
+                            SandboxTimeout)
 from sandbox.harness import protocol
-from sandbox.harness.messages import BatchReply, BatchRequest, Failure, Hello, Ready, to_dict
+from sandbox.harness.messages import BatchReply, BatchRequest, Failure, Hello, Ready, Refused, to_dict
 from sandbox.plan import limits_for
 from sandbox.policy import Policy
 
@@ -49,7 +50,7 @@ SUPERVISOR = ["python3", "-I", "/opt/harness/supervisor.py"]
 SLOTS = 1  # samples one sandbox runs at once
 EXEC_SCRATCH_LABEL = "io.sandbox-exec.exec-scratch"
 _STREAM_HEADER = struct.Struct(">BxxxI")
-_REPLY: TypeAdapter[BatchReply | Failure] = TypeAdapter(BatchReply | Failure)
+_REPLY: TypeAdapter[BatchReply | Failure | Refused] = TypeAdapter(BatchReply | Failure | Refused)
 _READY: TypeAdapter[Ready | Failure] = TypeAdapter(Ready | Failure)
 CGROUP_ROOT = "/sys/fs/cgroup"
 
@@ -231,14 +232,20 @@ class Sandbox:
         after = cgroup_cpu_s(self.id)
         if before is not None and after is not None:
             self.batch_cpu_s = max(0.0, after - before)
+        if isinstance(reply, Refused):
+            raise SandboxRefused(f"the sandbox refused the request before running any of it: {reply.message}")
         if isinstance(reply, Failure):
             raise self._crashed(f"the supervisor reported: {reply.message}")
         return reply
 
     def _send(self, message: dict[str, Any]) -> None:
         assert self._socket is not None
+        data = protocol.pack(message)
+        if len(data) - protocol.HEADER.size > protocol.MAX_FRAME_BYTES:  # the supervisor could not read it
+            raise SandboxRefused(f"a request of {len(data)} bytes is more than the {protocol.MAX_FRAME_BYTES} a frame "
+                                 "may carry: nothing was sent")
         try:
-            self._socket.sendall(protocol.pack(message))
+            self._socket.sendall(data)
         except OSError as exc:
             raise self._crashed(f"could not write to the sandbox: {exc}") from exc
 

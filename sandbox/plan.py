@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sandbox.errors import JobValidationError
-from sandbox.harness import messages
-from sandbox.harness.messages import (MAX_TESTS, BatchRequest, CallTests, InlineTests, Limits, SampleProgram, StdioTests,
-                                      Tests)
+from sandbox.harness import messages, protocol
+from sandbox.harness.messages import (JUDGED_MAX_BYTES, MAX_TESTS, BatchRequest, CallTests, InlineTests, Limits,
+                                      SampleProgram, StdioTests, Tests)
 from sandbox.imagedef import image_tag
 from sandbox.languages import Language, language
 from sandbox.models import CallCases, InlineTests as InlineTestsSpec, JobSpec, StdioCases, TestSnippet
@@ -25,7 +25,7 @@ from sandbox.policy import Policy
 from sandbox.testprogram import defined_names_of, plan_check, plan_snippets
 
 __all__ = ["PreparedJob", "Planner", "PlanKey", "batch_request", "batch_deadline_s", "limits_for", "REPLY_MAX_BYTES",
-           "host_code_digest"]
+           "host_code_digest", "check_size", "frame_batches", "sizes_of", "reply_bound_bytes"]
 
 REPLY_MAX_BYTES = 16 << 20          # largest single answer the driver accepts from a sample
 HOST_STARTUP_MARGIN_S = 10.0
@@ -99,7 +99,9 @@ class Planner:
             + (len(job.inline_tests.code.encode()) if job.inline_tests else 0)
         if test_size > limit:
             raise JobValidationError(f"tests are {test_size} bytes, at most {limit} accepted")
-        return PreparedJob(job, policy, plan_tests(job), image_tag(self.images_dir, entry.image), tenant)
+        prepared = PreparedJob(job, policy, plan_tests(job), image_tag(self.images_dir, entry.image), tenant)
+        check_size(prepared)
+        return prepared
 
 
 # The host modules whose code decides a verdict (the harness's is in the image tag): part of every cache key.
@@ -245,6 +247,95 @@ def limits_for(policy: Policy) -> Limits:
                   compile_cpu_time_s=policy.compile_cpu_time_s, compile_wall_time_s=policy.compile_wall_time_s,
                   compile_memory_mib=policy.compile_memory_mib, compile_output_max_bytes=policy.compile_output_max_kib * 1024,
                   build_max_bytes=policy.build_max_mib << 20, cpus=policy.cpus)
+
+
+# -- sizes: every job is bounded up front, every batch fits the frame it travels in ----------------------------
+FRAME_MARGIN_BYTES = 1 << 20        # a request's limits, toolchain and framing, with room to spare
+
+
+@dataclass(frozen=True)
+class TestSizes:
+    """A plan's tests as they travel to the sandbox."""
+
+    __test__ = False
+    encoded: int              # bytes of the tests in a request (JSON as ``protocol.pack`` writes it)
+    largest_input: int        # the largest case input: a stdio case's stdin (UTF-8), a call case's arguments (JSON)
+    largest_case: int         # which case that is (1-based; 0 if the tests have no cases)
+
+
+_SIZES: OrderedDict[str, TestSizes] = OrderedDict()   # plan digest -> its sizes (measured once)
+
+
+def _json_bytes(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":")))  # ASCII: as protocol.pack encodes frames
+
+
+def sizes_of(plan: TestPlan) -> TestSizes:
+    known = _SIZES.get(plan.digest)
+    if known is not None:
+        return known
+    tests = plan.tests
+    inputs: list[int] = []
+    if isinstance(tests, StdioTests):
+        inputs = [len(case.input.encode("utf-8", "surrogatepass")) for case in tests.cases]
+    elif isinstance(tests, CallTests):
+        inputs = [_json_bytes(list(case.args)) for case in tests.cases]
+    largest = max(range(len(inputs)), key=inputs.__getitem__, default=-1)
+    sizes = TestSizes(_json_bytes(messages.to_dict(tests)), inputs[largest] if inputs else 0, largest + 1)
+    return _remember(_SIZES, plan.digest, sizes)  # type: ignore[no-any-return]
+
+
+def sample_bytes(prepared: PreparedJob) -> int:
+    """What one sample adds to a request (its id and program as JSON, and its file names)."""
+    return _json_bytes([prepared.job.id, prepared.job.source]) + 1024
+
+
+def reply_bound_bytes(policy: Policy) -> int:
+    """The most one sample adds to a batch's reply: its report (bounded by the driver), and stdout and stderr, whose
+    bytes JSON may escape 6-fold."""
+    return JUDGED_MAX_BYTES + 12 * policy.output_max_kib * 1024 + (256 << 10)
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB"
+
+
+def check_size(prepared: PreparedJob) -> None:
+    """Refuse a job whose tests or request could not reach a sandbox whole: ``JobValidationError`` naming the limit."""
+    policy, sizes = prepared.policy, sizes_of(prepared.tests)
+    if sizes.largest_input > policy.case_input_max_mib << 20:
+        raise JobValidationError(f"case {sizes.largest_case}'s input is {_mib(sizes.largest_input)}; policy "
+                                 f"{policy.name!r} accepts at most {policy.case_input_max_mib} MiB per case "
+                                 "(case_input_max_mib)")
+    if sizes.encoded > policy.tests_max_mib << 20:
+        raise JobValidationError(f"the tests are {_mib(sizes.encoded)} as they travel to the sandbox (cases, expected "
+                                 f"values, checker and test code, as JSON); policy {policy.name!r} accepts at most "
+                                 f"{policy.tests_max_mib} MiB (tests_max_mib): split the job")
+    alone = sizes.encoded + sample_bytes(prepared) + FRAME_MARGIN_BYTES
+    if alone > protocol.MAX_FRAME_BYTES:
+        raise JobValidationError(f"the job is {_mib(alone)} with its program (as JSON), more than the "
+                                 f"{protocol.MAX_FRAME_BYTES >> 20} MiB a request to a sandbox may be (the frame limit)")
+
+
+def frame_batches(group: list[PreparedJob]) -> list[list[PreparedJob]]:
+    """Jobs of one group key in batches whose request, and whose largest possible reply, fit one frame: the tests
+    travel once per batch, each program with it, and each sample's report comes back."""
+    if not group:
+        return []
+    budget = protocol.MAX_FRAME_BYTES - FRAME_MARGIN_BYTES
+    tests, reply = sizes_of(group[0].tests).encoded, reply_bound_bytes(group[0].policy)
+    batches: list[list[PreparedJob]] = []
+    current: list[PreparedJob] = []
+    request = tests
+    for prepared in group:
+        size = sample_bytes(prepared)
+        if current and (request + size > budget or (len(current) + 1) * reply > budget):
+            batches.append(current)
+            current, request = [], tests
+        current.append(prepared)
+        request += size
+    batches.append(current)
+    return batches
 
 
 def batch_request(batch: list[PreparedJob]) -> BatchRequest:

@@ -249,6 +249,14 @@ class Failure:
     message: str
 
 
+@dataclass(frozen=True)
+class Refused:
+    """The supervisor could not take a request (too large, or not a request): no program of it has run."""
+
+    op: Literal["refused"]
+    message: str
+
+
 # -- supervisor <-> zygote ------------------------------------------------------------------------
 ProcessKind = Literal["program", "driver"]
 

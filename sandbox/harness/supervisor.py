@@ -1393,13 +1393,17 @@ def main() -> None:
     supervisor = Supervisor(hello.limits, hello.slots)
     send(messages.Ready(op="ready", kernel=os.uname().release, python=sys.version.split()[0]))
     while True:
-        frame = protocol.read_frame(stdin)
+        try:
+            frame = protocol.read_frame(stdin)
+        except protocol.FrameError as exc:  # too large or not JSON: nothing of it ran, and the stream is lost
+            send(messages.Refused(op="refused", message=clean(f"request refused: {exc}", 1000)))
+            return
         if frame is None or frame.get("op") == "exit":
             return
         try:
             request = messages.from_dict(BatchRequest, frame)
         except messages.MessageError as exc:
-            send(messages.Failure(op="error", message=f"bad request: {exc}"))
+            send(messages.Refused(op="refused", message=clean(f"bad request: {exc}", 1000)))
             continue
         try:
             reply = supervisor.run_batch(request)
