@@ -48,7 +48,7 @@ RUNNER = """# The trusted runner of `sandbox trace` (sandbox/harness/tracer.py);
 import tracer as _citrace
 
 ARCHIVE = {archive!r}
-_STATUS = _citrace.main(ARCHIVE, {args!r}, {budget!r})
+_STATUS = _citrace.main(ARCHIVE, {args!r}, {budget!r}, {traced!r})
 
 
 def {entry}():
@@ -104,10 +104,12 @@ def read_archive(spec: ProjectSpec) -> tuple[bytes, str]:
     return data, digest
 
 
-def trace_job(spec: ProjectSpec, data: bytes, digest: str, cpu_budget_s: float) -> JobSpec:
+def trace_job(spec: ProjectSpec, data: bytes, digest: str, cpu_budget_s: float, traced: bool = True) -> JobSpec:
+    """The trace job of one project (``traced=False``: its tests run the same way untraced, to measure the cost)."""
     program = RUNNER.format(archive=base64.b64encode(data).decode("ascii"), args=list(spec.tests),
-                            budget=float(cpu_budget_s), entry=ENTRY)
-    return JobSpec(id=f"trace-{spec.project}-{spec.version}-{digest[:12]}", program=program, check=CHECK,
+                            budget=float(cpu_budget_s), entry=ENTRY, traced=traced)
+    kind = "trace" if traced else "untraced"
+    return JobSpec(id=f"{kind}-{spec.project}-{spec.version}-{digest[:12]}", program=program, check=CHECK,
                    entry_point=ENTRY, policy=TRACE_POLICY, metadata={"project": spec.project, "version": spec.version})
 
 

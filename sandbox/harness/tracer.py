@@ -545,12 +545,15 @@ def package_roots(project: str) -> list[str]:
 
 
 # -- the trace job's program ----------------------------------------------------------------------
-def trace_project(project: str, test_args: list[str], cpu_budget_s: float, home: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Run the project's tests (pytest, in this process) under the tracer: (report, status)."""
+def trace_project(project: str, test_args: list[str], cpu_budget_s: float, home: str,
+                  traced: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run the project's tests (pytest, in this process) under the tracer: (report, status). ``traced=False``
+    runs them the same way without tracing (to measure what tracing costs)."""
     roots = package_roots(project)
     status: dict[str, Any] = {"roots": [os.path.relpath(r, project) for r in roots][:50]}
     tracer = Tracer(roots, project)
     plugin = _hookwrapper(Plugin(tracer, cpu_budget_s))
+    plugin.tracing = traced
     os.chdir(project)
     sys.path.insert(0, project)
     if os.path.isdir(os.path.join(project, "src")):
@@ -572,7 +575,7 @@ def trace_project(project: str, test_args: list[str], cpu_budget_s: float, home:
     return tracer.report(), status
 
 
-def main(archive_b64: str, test_args: list[str], cpu_budget_s: float) -> str:
+def main(archive_b64: str, test_args: list[str], cpu_budget_s: float, traced: bool = True) -> str:
     """Unpack, run the tests under the tracer, print the block on the original stdout; returns a status."""
     import base64
 
@@ -587,7 +590,7 @@ def main(archive_b64: str, test_args: list[str], cpu_budget_s: float) -> str:
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, 1)  # the project's own output goes nowhere; the block goes to the saved stdout
         os.close(null)
-        report, more = trace_project(project, test_args, cpu_budget_s, home)
+        report, more = trace_project(project, test_args, cpu_budget_s, home, traced)
         status.update(more)
     except ArchiveError as exc:
         status["error"] = f"archive: {exc}"
