@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import sys
 from pathlib import Path
 
 from sandbox.citrace import ProjectSpec, mine, read_archive, trace_job
@@ -49,7 +51,10 @@ def main() -> None:
     options = parser.parse_args()
     specs = [PROJECTS[name] for name in options.projects.split(",")]
     client = docker_client()
-    build_image(client, load_definition(REPO_ROOT / "images"), say=print)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # clean up on kill too
+    tag = build_image(client, load_definition(REPO_ROOT / "images"), say=print)
+    # a created (never started) container keeps the image from being pruned by another checkout's build meanwhile
+    guard = client.containers.create(tag, command=["true"], labels={"io.sandbox-exec.owner": owner_id()})
     pool = SandboxPool(client, owner_id(), warm=True)
     runner = Runner(pool, Planner(load_all_policies(REPO_ROOT / "policies"), REPO_ROOT / "images"))
 
@@ -73,6 +78,7 @@ def main() -> None:
         print(f"{len(rows)} problems -> {options.out}")
     finally:
         pool.close()
+        guard.remove(force=True)
 
 
 if __name__ == "__main__":
