@@ -22,6 +22,7 @@ import hashlib
 import json
 import re
 import stat
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -289,19 +290,21 @@ def mine(specs: Iterable[ProjectSpec], run: Runner, cpu_budget_s: float) -> tupl
     return kept_rows, funnel
 
 
-def replay_jobs(candidate: Candidate, rounds: int = REPLAY_ROUNDS) -> list[JobSpec]:
-    """The canonical solution against its own check, program-only (the prompt is not trusted), each round in a
-    sandbox of its own."""
+def replay_jobs(candidate: Candidate, key: str = "replay", rounds: int = REPLAY_ROUNDS) -> list[JobSpec]:
+    """The canonical solution against its own check, program-only (the prompt is not trusted), each round in
+    sandboxes of its own (``sandbox_key``: ``key``-round)."""
     row = candidate.row
     return [JobSpec(id=f"{row['task_id']}~replay{r}", program=row["prompt"] + row["canonical_solution"],
-                    check=row["test"], entry_point=row["entry_point"], policy=REPLAY_POLICY, fresh_sandbox=True)
+                    check=row["test"], entry_point=row["entry_point"], policy=REPLAY_POLICY,
+                    sandbox_key=f"{key}-{r}")
             for r in range(rounds)]
 
 
 def replay(candidates: list[tuple[ProjectFunnel, Candidate]], run: Runner) -> list[dict[str, Any]]:
     rounds: list[dict[str, JobResult]] = []
+    key = f"replay-{uuid.uuid4().hex[:16]}"
     for number in range(REPLAY_ROUNDS):  # one submission per round: identical jobs are never merged
-        jobs = [replay_jobs(candidate)[number] for _, candidate in candidates]
+        jobs = [replay_jobs(candidate, key)[number] for _, candidate in candidates]
         rounds.append(run(jobs, False) if jobs else {})
     kept_rows = []
     for item, candidate in candidates:

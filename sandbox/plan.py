@@ -62,7 +62,7 @@ class PreparedJob:
         """Jobs with equal keys can share one batch: same tenant, tests, limits, language and image, and whether
         the batch gets a sandbox of its own."""
         return (self.tenant, self.tests.digest, self.job.stop_on_first_failure, self.policy, self.image, self.job.language,
-                self.job.fresh_sandbox)
+                self.job.sandbox_key)
 
     @property
     def cache_key(self) -> str:

@@ -127,8 +127,7 @@ class Runner:
         """The batch's reply, the runtime and short id of the sandbox that ran it, and the CPU the host gave that
         sandbox over the batch (None where its cgroup cannot be read)."""
         first = batch[0]
-        fresh = first.job.fresh_sandbox  # a sandbox of its own, never warm, never kept: a new string-hash secret
-        sandbox = self.pool.fresh(first.policy, first.image) if fresh else self.pool.acquire(first.policy, first.image)
+        sandbox = self.pool.acquire(first.policy, first.image, first.job.sandbox_key)
         sandbox_id = sandbox.id[:12]
         request = batch_request(batch)
         max_bytes = len(batch) * reply_bound_bytes(first.policy) + REPLY_OVERHEAD_BYTES
@@ -140,10 +139,7 @@ class Runner:
         if {report.id for report in reply.samples} | set(reply.unrun) != {p.job.id for p in batch}:
             self.pool.discard(sandbox)
             raise SandboxCrashed("the sandbox answered for other samples than it was given")
-        if fresh:
-            self.pool.discard(sandbox)
-        else:
-            self.pool.release(sandbox, recycle=not reply.healthy)
+        self.pool.release(sandbox, recycle=not reply.healthy)
         return reply, sandbox.runtime, sandbox_id, sandbox.batch_cpu_s
 
     def _final_failure(self, prepared: PreparedJob, failures: list[InfrastructureError]) -> JobResult | None:
