@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -244,10 +246,23 @@ def run(settings: Settings, job_file: Path | None, code: Path | None, tests_file
     require_runtimes(client, {prepared.policy.runtime})
     require_image(client, settings.images_dir, prepared.language.image, prepared.language.name)
     pool = SandboxPool(client, owner_id(), warm=False)
+
+    def interrupted(signum: int, frame: Any) -> None:  # SIGTERM, SIGHUP: end like Ctrl-C, removing the sandbox
+        for other in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(other, signal.SIG_IGN)  # once: the cleanup below must not be cut short itself
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    for number in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, interrupted)
     try:
         result = next(Runner(pool, planner, infra_attempts=settings.infra_attempts).iter_prepared([prepared]))
+    except KeyboardInterrupt:
+        fail("interrupted: no verdict (the sandbox is removed on the way out)")
     finally:
         pool.close()
+        from sandbox.reaper import remove_own
+
+        remove_own(client, owner_id())  # one interrupted mid-start is in no pool: every container of ours goes
     click.echo(result.model_dump_json(indent=2) if as_json else format_result(result))
     sys.exit(0 if result.passed else 1)
 
@@ -261,6 +276,8 @@ def _job_from_options(job_file: Path | None, code: Path | None, tests_file: Path
             data = json.loads(job_file.read_text())
         except ValueError as exc:
             fail(f"{job_file} is not valid JSON: {exc}")
+        except RecursionError:
+            fail(f"{job_file} is nested too deeply to parse")
         if not isinstance(data, dict):
             fail(f"{job_file} must hold one JSON object (a job)")
         if policy:
@@ -580,8 +597,8 @@ def _print_score(score: Any, reruns: int, confirmed: int) -> None:
         click.echo("  (filtered: only samples that pass the public examples count; a problem none passes scores 0)")
     if score.ranked_pass_at_1 is not None:
         click.echo(f"  ranked pass@1 (highest mean log-probability per problem): {score.ranked_pass_at_1:.4f}")
-    click.echo(f"  {score.timeouts} sample(s) failed no test but ran out of time; {reruns} stopped by the wall-clock "
-               f"backstop ran once more ({confirmed} timed out again)")
+    click.echo(f"  {score.timeouts} sample(s) failed no test but ran out of time; {reruns} whose timeout the machine's load "
+               f"may have caused ran once more ({confirmed} timed out again)")
     if score.infra_errors:
         click.secho(f"  {score.infra_errors} sample(s) hit infrastructure errors and are left out of n", fg="magenta")
 
@@ -803,29 +820,44 @@ def health(probe: str, port: int) -> None:
 
 @main.command("redis-acl", context_settings=CONTEXT)
 @click.option("--worker-password", envvar="SANDBOX_WORKER_PASSWORD", help="[default: generated]")
-@click.option("--client-password", envvar="SANDBOX_CLIENT_PASSWORD", help="[default: generated]")
-def redis_acl(worker_password: str | None, client_password: str | None) -> None:
-    """Print a Redis ACL file for a multi-host deployment: workers and clients as separate users.
+@click.option("--client-password", envvar="SANDBOX_CLIENT_PASSWORD",
+              help="[default: generated; one per tenant] With several tenants, each gets its own generated one.")
+@click.option("--tenant", "tenants", multiple=True, metavar="NAME",
+              help="A client user for this tenant (repeatable) [default: the tenant 'default'].")
+def redis_acl(worker_password: str | None, client_password: str | None, tenants: tuple[str, ...]) -> None:
+    """Print a Redis ACL file for a multi-host deployment: workers, and a client user per tenant.
 
     \b
-    Both users reach only the service's keys (rq:*, sandbox:*) and no administrative or dangerous
-    command (FLUSHALL, CONFIG, KEYS, DEBUG, MONITOR, ACL, SHUTDOWN...); only workers may run the
-    script that stores results. The default user is switched off. Then, on the Redis host:
+    Workers reach only the service's keys (rq:*, sandbox:*) and no administrative or dangerous
+    command (FLUSHALL, CONFIG, KEYS, DEBUG, MONITOR, ACL, SHUTDOWN...); only they store results
+    and cache entries. A tenant's client user may enqueue its own batches and read only its own
+    tenant's results (and the pool state `sandbox status` shows); never the cache or another
+    tenant's jobs and results. The default user is switched off. Then, on the Redis host (Redis 7+):
     \b
-      sandbox redis-acl > /etc/redis/users.acl && chmod 600 /etc/redis/users.acl
+      sandbox redis-acl --tenant team-a --tenant team-b > /etc/redis/users.acl && chmod 600 /etc/redis/users.acl
       redis-server --aclfile /etc/redis/users.acl --bind 10.0.0.5 --appendonly yes
-    and give each worker host SANDBOX_REDIS_URL=redis://sandbox-worker:PASSWORD@10.0.0.5:6379/0,
-    each client SANDBOX_REDIS_URL=redis://sandbox-client:PASSWORD@10.0.0.5:6379/0.
+    Give each worker host the workers' line printed on stderr (its Redis URL and SANDBOX_CACHE_KEY,
+    the same on every worker host), and each client its tenant's line.
     """
     import secrets
 
     from sandbox import broker
+    from sandbox.settings import TENANT_PATTERN
 
+    names = list(dict.fromkeys(tenants)) or ["default"]
+    for name in names:
+        if not re.fullmatch(TENANT_PATTERN, name):
+            fail(f"bad tenant name {name!r}: lowercase letters, digits and '-' (at most 32, not starting with '-')")
+    if client_password and len(names) > 1:
+        fail("--client-password is for one tenant; with several, each gets a generated password")
     worker_password = worker_password or secrets.token_urlsafe(24)
-    client_password = client_password or secrets.token_urlsafe(24)
-    click.echo(broker.acl_file(worker_password, client_password), nl=False)
-    click.echo(f"workers: SANDBOX_REDIS_URL=redis://sandbox-worker:{worker_password}@REDIS_HOST:6379/0\n"
-               f"clients: SANDBOX_REDIS_URL=redis://sandbox-client:{client_password}@REDIS_HOST:6379/0", err=True)
+    clients = {name: client_password or secrets.token_urlsafe(24) for name in names}
+    click.echo(broker.acl_file(worker_password, clients), nl=False)
+    click.echo(f"workers: SANDBOX_REDIS_URL=redis://sandbox-worker:{worker_password}@REDIS_HOST:6379/0 "
+               f"SANDBOX_CACHE_KEY={secrets.token_hex(32)}", err=True)
+    for name, password in clients.items():
+        click.echo(f"tenant {name}: SANDBOX_REDIS_URL=redis://{broker.client_user(name)}:{password}@REDIS_HOST:6379/0 "
+                   f"SANDBOX_TENANT={name}", err=True)
 
 
 STATUS_COLORS = {"passed": "green", "failed": "red", "error": "red", "timeout": "yellow", "not_run": "yellow",

@@ -170,8 +170,10 @@ def processes_of(uid: int, zombies: bool = False) -> dict[int, Seen]:
 
 
 def survey(uid: int) -> tuple[dict[int, Seen], dict[int, float]]:
-    """The processes of ``uid`` not yet reaped (zombies included), and the own CPU (raw ticks) of every
-    other process in the sandbox, this one's included: what the sandbox's CPUs gave besides."""
+    """The processes of ``uid`` not yet reaped (zombies included), and the own CPU (raw ticks) of every other
+    process in the sandbox (the zygote, spares, drivers and judges): what the sandbox's CPUs gave besides. Not
+    this supervisor's: its work (reading a program's output and its processes) is the program's doing, and
+    counted as another's it would let a program that floods its output shrink its own share."""
     mine: dict[int, Seen] = {}
     others: dict[int, float] = {}
     for pid, owner in uids().items():
@@ -182,9 +184,6 @@ def survey(uid: int) -> tuple[dict[int, Seen], dict[int, float]]:
             mine[pid] = state
         else:
             others[pid] = state.cpu
-    me = seen(_ME)
-    if me is not None:
-        others[_ME] = me.cpu
     return mine, others
 
 
@@ -217,10 +216,10 @@ def kill_uid(uid: int, zygote_pid: int, reap_zombies: bool = True) -> int:
     found: set[int] = set()
     while True:
         present = processes_of(uid, zombies=True)
-        if reap_zombies:
-            reap([pid for pid, state in present.items() if state.state == "Z"], zygote_pid)
         alive = [pid for pid, state in present.items() if state.state != "Z"]
-        if not alive:
+        if not alive:  # zombies are reaped only now: each still holds its place under RLIMIT_NPROC, so while the
+            if reap_zombies:  # sweep lasts, every process killed is one a fork bomb cannot replace
+                reap([pid for pid, state in present.items() if state.state == "Z"], zygote_pid)
             return len(found)
         if time.monotonic() > deadline:
             raise Tainted(f"{len(alive)} process(es) of uid {uid} survived {SWEEP_DEADLINE_S:.0f} s of SIGKILL")
@@ -362,14 +361,15 @@ def harvest_build(root: str, max_bytes: int) -> dict[str, tuple[int, bytes]] | s
                     if entries > BUILD_MAX_ENTRIES:
                         return f"the build has more than {BUILD_MAX_ENTRIES} files"
                     name = os.path.join(folder, entry)
-                    if name.count("/") >= 32:
-                        continue
                     child = _take(fd, entry, "any")
                     if child is None:
                         continue  # a link, a fifo, a socket, or gone: skipped, never followed
                     info = os.fstat(child)
                     if stat_is_directory(info.st_mode):
-                        pending.append((name, child))
+                        if name.count("/") < 32:
+                            pending.append((name, child))
+                        else:
+                            os.close(child)
                         continue
                     try:
                         if total + info.st_size > max_bytes:
@@ -1186,9 +1186,19 @@ class Supervisor:
         """A limit fired (``limit``: the run's own "cpu"/"wall", or the stdio sample's whole "sample" budget,
         counted on ``clock``): end every process of the program; the driver then reports what it saw."""
         program.limit, program.stopped_at = limit, time.monotonic()
-        kill_uid(program.uid, self.zygote.pid)
+        self.sweep(run, program)
         if not run.stdio or limit == "sample":
             run.time_limit, run.stopped_at = clock, program.stopped_at
+
+    def sweep(self, run: Run, program: Program) -> None:
+        """End every process of a program that is still running. Processes that outlive the sweep (a fork bomb
+        outrunning it) taint the sandbox, which is discarded after this batch; the run itself goes on to its
+        report (its limit is what stopped it), so that it is judged once, not run again in a fresh sandbox."""
+        try:
+            kill_uid(program.uid, self.zygote.pid)
+        except Tainted as exc:
+            self.taint = self.taint or str(exc)
+            run.leftovers.append(str(exc))
 
     def check(self, run: Run) -> bool:
         """Enforce limits; True once the run can be finished."""
@@ -1225,7 +1235,7 @@ class Supervisor:
                 self.stop(run, program, "wall", "wall")
             elif run.stdio and program.out.truncated and not program.stopped_at:  # output limit: judged as such
                 program.stopped_at = now                                           # now, not at a later timeout
-                kill_uid(program.uid, self.zygote.pid)
+                self.sweep(run, program)
         if not run.stdio:
             if run.time_limit and now >= run.stopped_at + DRIVER_GRACE_S:  # the driver did not come back
                 self.driver_gone(run, f"the test driver did not report within {DRIVER_GRACE_S:.0f} s of the sample's end")

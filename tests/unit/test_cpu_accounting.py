@@ -31,7 +31,7 @@ import protocol  # noqa: E402
 import supervisor  # noqa: E402
 
 PID = 42
-OTHER = 7  # another process of the sandbox (the zygote, a driver)
+OTHER = 7  # another process of the sandbox (the zygote, a driver; never the supervisor itself)
 
 
 class FakeProc:
@@ -167,7 +167,7 @@ def test_a_program_in_four_processes_is_charged_at_most_wall_times_cpus(monkeypa
         proc.now += 0.1
         proc.cpu += 0.1
         proc.children += 0.3
-        proc.other += 0.005                           # the supervisor polling
+        proc.other += 0.005                           # the zygote forking the next spare
         program.account()
     assert program.raw_s() == pytest.approx(6.0)      # what gVisor charged: four times the wall
     assert program.cpu_s() <= 1.5 and program.cpu_s() == pytest.approx(1.5 * 0.4 / 0.405)
