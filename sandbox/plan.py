@@ -59,8 +59,8 @@ class PreparedJob:
 
     @property
     def group_key(self) -> tuple[Any, ...]:
-        """Jobs with equal keys can share one batch: same tenant, tests, limits, language and image, and whether
-        the batch gets a sandbox of its own."""
+        """Jobs with equal keys can share one batch: same tenant, tests, limits, language and image, and the same
+        sandbox key (re-run rounds run in sandboxes of their own)."""
         return (self.tenant, self.tests.digest, self.job.stop_on_first_failure, self.policy, self.image, self.job.language,
                 self.job.sandbox_key)
 
