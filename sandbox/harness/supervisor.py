@@ -31,6 +31,7 @@ import os
 import select
 import signal
 import socket
+import struct
 import sys
 import time
 from collections import OrderedDict, deque
@@ -50,6 +51,8 @@ SHM = "/dev/shm"
 FIRST_PROGRAM_UID = 100_000      # programs: 100000, 100001, ... never reused in one sandbox
 LAST_PROGRAM_UID = 1_000_000
 JUDGE_UID = 2_000                # drivers: 2000 + slot
+JUDGE_BANKS = 2                 # a slot's spare driver never has its active driver's uid: 2000 + slot + 16 x bank
+CREDENTIALS = struct.Struct("iII")  # SCM_CREDENTIALS: pid, uid, gid of a message's sender
 READ_CHUNK = 65536
 CPU_POLL_S = 0.1
 EXIT_GRACE_S = 0.5               # for a program to flush its output after the driver's "end"
@@ -207,6 +210,11 @@ def reap(pids: Iterable[int], zygote_pid: int) -> None:
         ended = True
     if ended:
         raise Tainted("the zygote exited")
+
+
+def judge_uid(slot: int, bank: int) -> int:
+    """A test driver's uid: its slot's, in one of two banks (a slot's active and spare drivers never share one)."""
+    return JUDGE_UID + slot + 16 * bank  # 16: at most this many slots (the host's images.MAX_SLOTS)
 
 
 def kill_uid(uid: int, zygote_pid: int, reap_zombies: bool = True) -> int:
@@ -634,11 +642,15 @@ class Program:
 class Driver:
     """A test driver of one slot: forked ahead as a spare, then judges one batch's samples one at a time."""
 
-    def __init__(self, slot: int, pid: int, fds: list[int]) -> None:
-        self.slot, self.uid, self.pid = slot, JUDGE_UID + slot, pid
+    def __init__(self, slot: int, pid: int, fds: list[int], uid: int) -> None:
+        self.slot, self.uid, self.pid = slot, uid, pid
         boot, control, stderr = fds
         self.boot_fd: int | None = boot
         self.control = socket.socket(fileno=control)
+        # each message says who sent it: a report counts only from the template (this pid), which passes one on
+        # only once its judge and everything the judge started have ended; a judge (a careless test may run a
+        # sample's code there) that sent one itself and lived on would take the next sample's request and answer it
+        self.control.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.stderr_fd: int | None = stderr
         self.stderr = Capture(DRIVER_STDERR_BYTES)
         self.writer: Writer | None = None
@@ -748,6 +760,7 @@ class Supervisor:
         self.taint = ""
         self.spares: deque[Program] = deque()          # programs forked ahead, waiting for a boot
         self.spare_drivers: dict[int, Driver] = {}     # slot -> a driver forked ahead, waiting for a job
+        self.spare_driver_uids: dict[int, int] = {}     # slot -> the uid its spare driver was asked for with
         self.pending: dict[int, tuple[str, Any, float]] = {}  # fork token -> what it is for, when asked
         self.drivers: dict[int, Driver] = {}           # slot -> the driver judging this batch
         self.runs: dict[int, Run] = {}                 # slot -> the sample being judged there
@@ -785,8 +798,18 @@ class Supervisor:
             if slot not in self.spare_drivers and not any(p[:2] == ("driver", slot) for p in self.pending.values()):
                 rlimits = messages.Rlimits(cpu_s=0, memory_bytes=self.limits.memory_mib << 20, file_size_bytes=1 << 20,
                                            open_files=256, processes=64)
-                token = self.zygote.request("driver", JUDGE_UID + slot, "/", rlimits)
+                # the uid no driver of this slot has now (a judge may signal whatever has its own uid: the spare
+                # must not be within its reach), emptied first of anything an ended driver's judges left running
+                active = self.drivers.get(slot)
+                uid = next(judge_uid(slot, bank) for bank in range(JUDGE_BANKS)
+                           if active is None or judge_uid(slot, bank) != active.uid)
+                try:
+                    kill_uid(uid, self.zygote.pid)
+                except Tainted as exc:
+                    self.taint = self.taint or str(exc)
+                token = self.zygote.request("driver", uid, "/", rlimits)
                 self.pending[token] = ("driver", slot, time.monotonic())
+                self.spare_driver_uids[slot] = uid
 
     def forked(self, message: messages.Forked, fds: list[int]) -> None:
         kind, what, asked = self.pending.pop(message.token)
@@ -797,7 +820,7 @@ class Supervisor:
             self.programs[program.pid] = program
             self.spares.append(program)
         else:
-            self.spare_drivers[what] = Driver(what, message.pid, fds)
+            self.spare_drivers[what] = Driver(what, message.pid, fds, self.spare_driver_uids[what])
 
     def pending_uids(self) -> set[int]:
         """Uids of program processes asked for and not yet announced (their scratch already exists)."""
@@ -1082,9 +1105,12 @@ class Supervisor:
         if driver is None:
             return
         try:
-            data = driver.control.recv(8 << 20)
+            data, ancillary, _, _ = driver.control.recvmsg(8 << 20, socket.CMSG_SPACE(CREDENTIALS.size))
         except OSError:
-            data = b""
+            data, ancillary = b"", []
+        sender = next((CREDENTIALS.unpack(cmsg[2][:CREDENTIALS.size])[0] for cmsg in ancillary
+                       if cmsg[:2] == (socket.SOL_SOCKET, socket.SCM_CREDENTIALS) and len(cmsg[2]) >= CREDENTIALS.size),
+                      None)
         run = self.runs.get(slot)
         if not data:
             self.driver_died(slot)
@@ -1102,6 +1128,8 @@ class Supervisor:
                         self.run_case(run, request.index)
                 return
             judged = messages.from_dict(Judged, raw)
+            if sender != driver.pid:  # a judge's own report, never passed on by its template: not a verdict
+                raise ValueError(f"a report sent by process {sender}, not by the test driver's template")
         except (ValueError, AttributeError) as exc:
             if run is not None:
                 self.driver_gone(run, f"the test driver sent a malformed message: {str(exc)[:200]}")
@@ -1363,7 +1391,7 @@ class Supervisor:
             if strays:
                 raise Tainted(f"unexpected entries in {root}: {strays[:5]}")
         live = {p.uid for p in self.programs.values()} | self.pending_uids()
-        judges = {JUDGE_UID + slot for slot in range(self.slots)}
+        judges = {judge_uid(slot, bank) for slot in range(self.slots) for bank in range(JUDGE_BANKS)}
         if os.path.isdir(SHM):
             removed = []
             for entry in os.scandir(SHM):
