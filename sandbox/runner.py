@@ -127,7 +127,7 @@ class Runner:
         """The batch's reply, the runtime and short id of the sandbox that ran it, and the CPU the host gave that
         sandbox over the batch (None where its cgroup cannot be read)."""
         first = batch[0]
-        sandbox = self.pool.acquire(first.policy, first.image)
+        sandbox = self.pool.acquire(first.policy, first.image, first.job.sandbox_key)
         sandbox_id = sandbox.id[:12]
         request = batch_request(batch)
         max_bytes = len(batch) * reply_bound_bytes(first.policy) + REPLY_OVERHEAD_BYTES

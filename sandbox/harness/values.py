@@ -71,19 +71,23 @@ class Unsupported:
 
 
 class _Budget:
-    __slots__ = ("items", "refused")
+    __slots__ = ("items", "refused", "drain")
 
-    def __init__(self) -> None:
+    def __init__(self, drain: bool = True) -> None:
         self.items = 0
         self.refused: list[str] = []
+        self.drain = drain
 
 
 # -- encoding (runs in the sample's process) ---------------------------------------------------------
-def encode(value: Any, refs: Callable[[Any], int | None] | None = None, refused: list[str] | None = None) -> Any:
+def encode(value: Any, refs: Callable[[Any], int | None] | None = None, refused: list[str] | None = None,
+           drain: bool = True) -> Any:
     """Encode ``value``; ``refs`` may turn objects of program-defined classes into handles.
 
-    What the codec refuses is encoded as ``unsupported``, and described in ``refused`` if given."""
-    budget = _Budget()
+    What the codec refuses is encoded as ``unsupported``, and described in ``refused`` if given. With
+    ``drain=False`` (the tracer's snapshots) an iterator or generator is refused, never consumed: consuming
+    it would change the program being observed."""
+    budget = _Budget(drain)
     encoded = _encode(value, 0, budget, refs)
     if refused is not None:
         refused.extend(budget.refused)
@@ -140,6 +144,8 @@ def _encode(value: Any, depth: int, budget: _Budget, refs: Any) -> Any:
     if kind in (type({}.keys()), type({}.values()), type({}.items())):
         return {"t": kind.__name__, "v": [_encode(item, depth + 1, budget, refs) for item in value]}
     if kind.__name__ == "generator" or kind in _ITERATOR_TYPES:
+        if not budget.drain:
+            return _unsupported("an iterator (not consumed)", budget)
         return _encode_iterator(value, depth, budget, refs)
     numpy_value = _encode_numpy(value, depth, budget, refs)
     if numpy_value is not None:
