@@ -2,9 +2,17 @@
 
 * Work: RQ queues (``interactive`` served before ``bulk``) with the JSON serializer, never pickle.
   One queue item is a batch of jobs that share their tests, so queue overhead is paid per batch.
-* Results: per submission, a hash (job id -> result) written with HSETNX, so each job has exactly
-  one result however often it runs, and a list the client pops in the order results finish.
-* Reuse: finished results are also kept by content key, so identical work is answered at once.
+* Tenants: every key a client writes or reads carries its tenant (``rq:job:batch_<tenant>_<id>``,
+  ``sandbox:t:<tenant>:...``), and each tenant's Redis user reaches only those (``acl_file``). A worker
+  takes a batch's tenant from the RQ job id, which only that tenant's user (or a worker) can write, so
+  a client can neither read nor feed another tenant's results.
+* Results: per submission, a hash (job id -> verdict) written with HSETNX, so each job has exactly
+  one result however often it runs, and a list the client pops in the order results finish. What a
+  submission's results may hold in Redis is bounded (``Settings.result_budget_mib``): beyond it they
+  are stored compact (``compact``: outputs and messages cut, statuses kept).
+* Reuse: finished results are also kept by content key, compact and signed by the workers (only they
+  write them, only they hold the key: ``sandbox.signing``); a worker answers identical work from an
+  entry whose signature holds, and runs the job when it does not.
 * Leases: a worker renews a lease on the batch it runs; a batch whose lease lapsed (its worker
   died) is enqueued again, minus the jobs that already have results.
 * Workers publish their state in ``sandbox:worker:<id>`` hashes that expire when they go silent.
@@ -14,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import uuid
 from datetime import timezone
@@ -28,11 +37,14 @@ from rq.serializers import JSONSerializer
 from rq.utils import utcparse
 
 from sandbox.models import JobResult, JobSpec, Verdict
+from sandbox.settings import TENANT_PATTERN
+from sandbox.signing import CacheSigner
 
 __all__ = ["QUEUES", "connect", "redact", "redis_problem", "queue", "enqueue_batch", "store_result", "pop_results",
            "known_result_ids", "cached_results", "renew_lease", "release_lease", "requeue_abandoned", "worker_key",
            "worker_alive", "WORKERS_SET", "LAST_SEEN", "verdict_key", "enqueued_key", "TOTALS", "DURATIONS", "DURATION_BUCKETS",
-           "WORKER_LAST", "TASK", "ALERTS", "report_alert", "alerts", "forget_worker", "BatchPayload", "ACL_RULES", "acl_file"]
+           "WORKER_LAST", "TASK", "ALERTS", "report_alert", "alerts", "forget_worker", "BatchPayload", "ACL_RULES", "acl_file",
+           "client_user", "client_acl", "tenant_of_batch", "foreign_job", "compact", "cacheable", "redis_memory"]
 
 log = logging.getLogger(__name__)
 
@@ -43,39 +55,110 @@ WORKERS_SET = f"{PREFIX}:workers"
 LAST_SEEN = f"{PREFIX}:workers:last-seen"
 QUEUE_TIMEOUT_MARGIN_S = 60
 
-# Redis ACL rules for the two kinds of users a deployment gives out (`sandbox redis-acl` prints them):
-# both reach only the service's keys and channels and nothing administrative or dangerous (no
-# FLUSHALL, CONFIG, KEYS, DEBUG, MONITOR, ACL, SHUTDOWN); only workers may run the result-storing script.
-_ACL_COMMON = ("resetchannels ~rq:* ~sandbox:* &rq:* -@all +@read +@write +@keyspace +@list +@hash +@set "
-               "+@sortedset +@string +@transaction +@connection +@stream +@pubsub -@dangerous -@admin +info")
+# Redis ACL rules (`sandbox redis-acl` prints them). Workers are trusted with the service's keys (never
+# anything administrative or dangerous: FLUSHALL, CONFIG, KEYS, DEBUG, MONITOR, ACL, SHUTDOWN) and alone
+# run the script that stores results and cache entries. A client (one user per tenant) gets exactly
+# what submitting and collecting need: it may create its own RQ jobs and push their ids, pop its own
+# tenant's result streams, count enqueued samples, and read the shared pool state `sandbox status`
+# shows; it can neither read nor write another tenant's jobs and results, nor the cache.
 ACL_RULES = {
-    "worker": _ACL_COMMON + " +@scripting -script|flush -script|kill -function",
-    "client": _ACL_COMMON,
+    "worker": ("resetchannels ~rq:* ~sandbox:* &rq:* -@all +@read +@write +@keyspace +@list +@hash +@set "
+               "+@sortedset +@string +@transaction +@connection +@stream +@pubsub -@dangerous -@admin +info "
+               "+@scripting -script|flush -script|kill -function"),
 }
+_CLIENT_READS = ("+llen +lrange +lindex +smembers +sismember +scard +exists +hget +hmget +hgetall +hvals +hlen +get "
+                 "+mget +zrange +zcard +ttl +type")
+_SHARED_STATE = ("%R~rq:queue:* %R~rq:queues %R~rq:wip:* %R~sandbox:workers %R~sandbox:workers:* %R~sandbox:worker:* "
+                 "%R~sandbox:worker-last:* %R~sandbox:verdicts:* %R~sandbox:enqueued:* %R~sandbox:stats:* "
+                 "%R~sandbox:alerts %R~sandbox:lease:*")
 
 
-def acl_file(worker_password: str, client_password: str, admin_password: str | None = None) -> str:
-    """A Redis ACL file for a deployment: the default user off, a worker user and a client user."""
+def client_user(tenant: str) -> str:
+    """The Redis user of a tenant's clients (the default tenant's keeps its historic name)."""
+    return "sandbox-client" if tenant == "default" else f"sandbox-client-{tenant}"
+
+
+def client_acl(tenant: str) -> str:
+    """ACL rules of one tenant's client user (Redis 7 selectors: each write is allowed on its keys only)."""
+    _check_tenant(tenant)
+    own = f"{PREFIX}:t:{tenant}"
+    return (f"resetkeys resetchannels -@all +@connection +info +ping +multi +exec +discard {_CLIENT_READS} "
+            f"{_SHARED_STATE} %R~rq:job:batch_{tenant}_* %R~{own}:* "
+            f"(~rq:queues ~rq:queue:interactive ~rq:queue:bulk +sadd +rpush) "
+            f"(~rq:job:batch_{tenant}_* +hset) "
+            f"(~{PREFIX}:enqueued:* +hincrby +expire) "
+            f"(~{own}:sub:*:stream +blpop +lpop +lrange +ltrim)")
+
+
+def acl_file(worker_password: str, clients: dict[str, str], admin_password: str | None = None) -> str:
+    """A Redis ACL file for a deployment: the default user off, a worker user and a client user per tenant
+    (``clients``: tenant -> password)."""
     lines = ["user default off"]
     if admin_password:
         lines.append(f"user admin on >{admin_password} ~* &* +@all")
-    lines += [f"user sandbox-worker on >{worker_password} {ACL_RULES['worker']}",
-              f"user sandbox-client on >{client_password} {ACL_RULES['client']}"]
+    lines.append(f"user sandbox-worker on >{worker_password} {ACL_RULES['worker']}")
+    lines += [f"user {client_user(tenant)} on >{password} {client_acl(tenant)}" for tenant, password in clients.items()]
     return "\n".join(lines) + "\n"
+
+
+def _check_tenant(tenant: str) -> str:
+    if not re.fullmatch(TENANT_PATTERN, tenant):
+        raise ValueError(f"bad tenant name {tenant!r}: lowercase letters, digits and '-', at most 32")
+    return tenant
+
+
+_BATCH_ID = re.compile(r"^batch_([a-z0-9][a-z0-9-]{0,31})_([0-9a-f]{32})$")
+
+
+def foreign_job(job: Job) -> str | None:
+    """Why an RQ job is not one of this service's batches (None if it is): workers run nothing else."""
+    try:
+        if job.func_name != TASK:
+            return f"it names the function {str(job.func_name)[:100]!r}, not {TASK}"
+        if len(job.args) != 1 or not isinstance(job.args[0], dict) or job.kwargs:
+            return "its arguments are not one batch payload"
+    except Exception as exc:  # rq raises several types for data it cannot deserialise
+        return f"its data cannot be read ({type(exc).__name__})"
+    extras = [name for name, value in (("success callback", job._success_callback_name),
+                                       ("failure callback", job._failure_callback_name),
+                                       ("stopped callback", job._stopped_callback_name),
+                                       ("webhooks", job.webhooks), ("dependencies", job._dependency_ids),
+                                       ("retries", job.retries_left)) if value]
+    if extras:
+        return f"it asks for {', '.join(extras)}"
+    if tenant_of_batch(job.id) is None:
+        return "its id names no tenant"
+    return None
+
+
+def batch_id(tenant: str) -> str:
+    return f"batch_{_check_tenant(tenant)}_{uuid.uuid4().hex}"
+
+
+def tenant_of_batch(rq_job_id: str) -> str | None:
+    """Whose batch this is: the id's tenant, which only that tenant's user (or a worker) can have written."""
+    found = _BATCH_ID.fullmatch(rq_job_id)
+    return found.group(1) if found else None
 
 
 _STORE = """
 -- The result, its place in the stream, its cache entry and every counter of it: one atomic step,
 -- so totals always equal stored results (a retried write after a lost reply changes nothing).
 -- The submission's hash keeps only a marker (the verdict) per job, for exactly-once; the body travels
--- in the stream, which the client drains, so Redis holds bodies only for results not yet read.
+-- in the stream, which the client drains, so Redis holds bodies only for results not yet read. Once the
+-- submission's bodies passed its byte budget, the compact body is stored instead.
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[5]) == 0 then
   return 0
 end
-redis.call('RPUSH', KEYS[2], ARGV[2])
+local body = ARGV[2]
+local used = tonumber(redis.call('GET', KEYS[7]) or '0')
+if used + #body > tonumber(ARGV[9]) then body = ARGV[8] end
+redis.call('INCRBY', KEYS[7], #body)
+redis.call('EXPIRE', KEYS[7], ARGV[3])
+redis.call('RPUSH', KEYS[2], body)
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-if ARGV[4] == '1' then redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[3]) end
+if ARGV[4] ~= '' then redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[3]) end
 redis.call('HINCRBY', KEYS[4], ARGV[5], 1)
 redis.call('EXPIRE', KEYS[4], 10800)
 redis.call('HINCRBY', KEYS[5], ARGV[5], 1)
@@ -127,12 +210,20 @@ def text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _results_key(submission: str) -> str:
-    return f"{PREFIX}:sub:{submission}:results"
+def _submission_prefix(tenant: str, submission: str) -> str:
+    return f"{PREFIX}:t:{_check_tenant(tenant)}:sub:{submission}"
 
 
-def _stream_key(submission: str) -> str:
-    return f"{PREFIX}:sub:{submission}:stream"
+def _results_key(tenant: str, submission: str) -> str:
+    return f"{_submission_prefix(tenant, submission)}:results"
+
+
+def _stream_key(tenant: str, submission: str) -> str:
+    return f"{_submission_prefix(tenant, submission)}:stream"
+
+
+def _bytes_key(tenant: str, submission: str) -> str:
+    return f"{_submission_prefix(tenant, submission)}:bytes"
 
 
 def _cache_key(cache_key: str) -> str:
@@ -209,16 +300,18 @@ class BatchPayload(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    submission: str = Field(min_length=1)
+    submission: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,128}$")
     result_ttl_s: int = Field(ge=1)
     cache: bool = True          # store results for reuse by identical work (off for --no-reuse submissions)
+    reuse: bool = True          # answer jobs from the cache (never for reruns, nor with cache off)
     shared: dict[str, Any] = Field(default_factory=dict)
     jobs: list[Any]
 
     @classmethod
-    def of(cls, submission: str, result_ttl_s: int, jobs: list[JobSpec], cache: bool = True) -> "BatchPayload":
+    def of(cls, submission: str, result_ttl_s: int, jobs: list[JobSpec], cache: bool = True,
+           reuse: bool = True) -> "BatchPayload":
         shared = jobs[0].model_dump(mode="json", include=set(TEST_FIELDS), exclude_none=True)
-        return cls(submission=submission, result_ttl_s=result_ttl_s, cache=cache, shared=shared,
+        return cls(submission=submission, result_ttl_s=result_ttl_s, cache=cache, reuse=reuse and cache, shared=shared,
                    jobs=[job.model_dump(mode="json", exclude=set(TEST_FIELDS)) for job in jobs])
 
     def raw_jobs(self) -> list[Any]:
@@ -226,13 +319,13 @@ class BatchPayload(BaseModel):
         return [{**raw, **self.shared} if isinstance(raw, dict) else raw for raw in self.jobs]
 
 
-def enqueue_batch(connection: redis.Redis, queue_name: str, submission: str, jobs: list[JobSpec],
-                  timeout_s: float, result_ttl_s: int, cache: bool = True) -> str:
-    payload = BatchPayload.of(submission, result_ttl_s, jobs, cache).model_dump(mode="json")
+def enqueue_batch(connection: redis.Redis, queue_name: str, tenant: str, submission: str, jobs: list[JobSpec],
+                  timeout_s: float, result_ttl_s: int, cache: bool = True, reuse: bool = True) -> str:
+    payload = BatchPayload.of(submission, result_ttl_s, jobs, cache, reuse).model_dump(mode="json")
     # The worker's own deadlines come first; RQ's timeout is a last resort, wide enough for the worker to
     # split a batch whose sandbox died and run its jobs alone, with retries.
     rq_job = queue(connection, queue_name).enqueue(
-        TASK, payload, job_id=f"batch-{uuid.uuid4().hex}", job_timeout=int(timeout_s * 4) + QUEUE_TIMEOUT_MARGIN_S,
+        TASK, payload, job_id=batch_id(tenant), job_timeout=int(timeout_s * 4) + QUEUE_TIMEOUT_MARGIN_S,
         result_ttl=600, failure_ttl=24 * 3600,
         meta={"submission": submission, "samples": len(jobs), "expected_s": timeout_s})
     minute = int(time.time() // 60)
@@ -243,48 +336,113 @@ def enqueue_batch(connection: redis.Redis, queue_name: str, submission: str, job
     return str(rq_job.id)
 
 
-def store_result(connection: redis.Redis, submission: str, result: JobResult, cache_key: str,
-                 ttl_s: int) -> bool:
-    """Record a job's result once, with its counters; returns False if it already had one."""
+# What a result keeps of what its sample chose to print or say, once at rest in Redis (the cache, and
+# results past their submission's budget): JSON may escape each character 6-fold, so at most ~75 KB.
+KEPT_OUTPUT_CHARS = 1024        # of stdout and of stderr each
+KEPT_ERROR_CHARS = 2048
+KEPT_MESSAGE_CHARS = 256        # of one test's message
+KEPT_MESSAGES_CHARS = 8192      # of all test messages together
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:max(0, limit - 1)] + ("…" if limit else "")
+
+
+def compact(result: JobResult) -> JobResult:
+    """The result as Redis keeps it at rest: outputs, error and test messages cut; verdict, statuses and
+    figures as they were (a cut output says so: ``stdout_truncated``)."""
+    left = KEPT_MESSAGES_CHARS
+    tests = []
+    for test in result.tests:
+        message = _cut(test.message, min(KEPT_MESSAGE_CHARS, left))
+        left -= len(message)
+        tests.append(test if message == test.message else test.model_copy(update={"message": message}))
+    return result.model_copy(update={
+        "tests": tuple(tests), "error": _cut(result.error, KEPT_ERROR_CHARS),
+        "stdout": _cut(result.stdout, KEPT_OUTPUT_CHARS), "stderr": _cut(result.stderr, KEPT_OUTPUT_CHARS),
+        "stdout_truncated": result.stdout_truncated or len(result.stdout) > KEPT_OUTPUT_CHARS,
+        "stderr_truncated": result.stderr_truncated or len(result.stderr) > KEPT_OUTPUT_CHARS})
+
+
+def cacheable(result: JobResult) -> bool:
+    """Only final verdicts are cached: never what the service failed at, nor what came from a sandbox that
+    showed an anomaly, nor a provisional timeout (one the machine's load may have caused), nor a result
+    that was itself reused. Workers answer only from the cache, so a result not cached is never reused
+    by a later submission, and copies waiting for it in the same submission run themselves."""
+    return (result.verdict is not Verdict.infra_error and not result.anomalies and not result.reused
+            and not result.provisional)  # a timeout the machine's load may have caused (verdict.py)
+
+
+def store_result(connection: redis.Redis, tenant: str, submission: str, result: JobResult, cache_key: str,
+                 ttl_s: int, signer: CacheSigner | None = None, budget_bytes: int = 64 << 20) -> bool:
+    """Record a job's result once, with its counters; returns False if it already had one.
+
+    It is cached (compact, signed) when ``cache_key`` and ``signer`` are given and it is ``cacheable``.
+    Raises ``ValueError`` if the result cannot be serialised (then nothing was stored)."""
     body = result.model_dump_json()
-    # Never cache what the service failed at, or what came from a sandbox that showed an anomaly.
-    cacheable = "1" if result.verdict is not Verdict.infra_error and not result.anomalies and cache_key else "0"
+    small = compact(result)
+    entry = ""
+    if cache_key and signer is not None and cacheable(result):
+        entry = signer.seal(_cache_key(cache_key), small.model_copy(update={"metadata": {}}).model_dump_json())
     bucket = ""
     if result.wall_time_s is not None:
         bucket = next((str(b) for b in DURATION_BUCKETS if result.wall_time_s <= b), "+Inf")
     minute = int(time.time() // 60)
-    stored = connection.eval(_STORE, 6, _results_key(submission), _stream_key(submission), _cache_key(cache_key),
-                             verdict_key(minute), TOTALS, DURATIONS, result.job_id, body, ttl_s, cacheable,
-                             result.verdict.value, bucket, repr(result.wall_time_s or 0.0))
+    stored = connection.eval(_STORE, 7, _results_key(tenant, submission), _stream_key(tenant, submission),
+                             _cache_key(cache_key), verdict_key(minute), TOTALS, DURATIONS, _bytes_key(tenant, submission),
+                             result.job_id, body, ttl_s, entry, result.verdict.value, bucket,
+                             repr(result.wall_time_s or 0.0), small.model_dump_json(), budget_bytes)
     return bool(stored)
 
 
-def pop_results(connection: redis.Redis, submission: str, wait_s: float) -> list[JobResult]:
+def pop_results(connection: redis.Redis, tenant: str, submission: str, wait_s: float) -> list[JobResult]:
     """Results that finished since the last call, oldest first; waits up to ``wait_s`` for the first."""
-    first = connection.blpop([_stream_key(submission)], timeout=max(1, int(wait_s)))
+    stream = _stream_key(tenant, submission)
+    first = connection.blpop([stream], timeout=max(1, int(wait_s)))
     if first is None:
         return []
     with connection.pipeline() as pipe:
-        pipe.lrange(_stream_key(submission), 0, 999)
-        pipe.ltrim(_stream_key(submission), 1000, -1)
+        pipe.lrange(stream, 0, 999)
+        pipe.ltrim(stream, 1000, -1)
         rest = pipe.execute()[0]
     return [JobResult.model_validate_json(body) for body in [first[1], *rest]]
 
 
-def known_result_ids(connection: redis.Redis, submission: str, job_ids: Iterable[str]) -> set[str]:
+def known_result_ids(connection: redis.Redis, tenant: str, submission: str, job_ids: Iterable[str]) -> set[str]:
     ids = list(job_ids)
     if not ids:
         return set()
-    present = connection.hmget(_results_key(submission), ids)
+    present = connection.hmget(_results_key(tenant, submission), ids)
     return {job_id for job_id, value in zip(ids, present) if value is not None}
 
 
-def cached_results(connection: redis.Redis, cache_keys: list[str]) -> dict[str, JobResult]:
-    """Finished results of identical work (same code, tests, limits, image and harness), by cache key."""
+def cached_results(connection: redis.Redis, cache_keys: list[str], signer: CacheSigner) -> dict[str, JobResult]:
+    """Finished results of identical work (same code, tests, limits, image and harness), by cache key: only
+    entries a worker signed with this key; anything else is a miss (and logged by the signer)."""
     if not cache_keys:
         return {}
-    bodies = connection.mget([_cache_key(key) for key in cache_keys])
-    return {key: JobResult.model_validate_json(body) for key, body in zip(cache_keys, bodies) if body}
+    found = {}
+    for key, entry in zip(cache_keys, connection.mget([_cache_key(key) for key in cache_keys])):
+        if not entry:
+            continue
+        body = signer.open(_cache_key(key), entry)
+        if body is None:
+            continue
+        try:
+            found[key] = JobResult.model_validate_json(body)
+        except ValueError:
+            log.warning("cache entry %s is signed but unreadable (another version?): ignored", _cache_key(key))
+    return found
+
+
+def redis_memory(connection: redis.Redis) -> dict[str, int | str]:
+    """Redis's memory: ``used`` bytes, its ``limit`` (maxmemory, else the machine's memory; 0 if unknown),
+    whether a maxmemory is set, and the eviction policy."""
+    info = connection.info("memory")
+    maxmemory = int(info.get("maxmemory", 0) or 0)
+    limit = maxmemory or int(info.get("total_system_memory", 0) or 0)
+    return {"used": int(info.get("used_memory", 0)), "limit": limit, "maxmemory": maxmemory,
+            "policy": str(info.get("maxmemory_policy", ""))}
 
 
 def renew_lease(connection: redis.Redis, rq_job_id: str, owner: str, ttl_s: float) -> None:
@@ -335,14 +493,22 @@ def _requeue(connection: redis.Redis, rq_queue: Queue, rq_job_id: str) -> str | 
     except Exception as exc:  # rq raises NoSuchJobError or deserialization errors; nothing left to save
         log.warning("abandoned batch %s cannot be read: %s", rq_job_id, exc)
         return None
-    payload = BatchPayload.model_validate(old.args[0])  # written by enqueue_batch; the client validated its jobs
-    jobs = [JobSpec.model_validate(j) for j in payload.raw_jobs()]
-    done = known_result_ids(connection, payload.submission, [job.id for job in jobs])
+    tenant = tenant_of_batch(rq_job_id)
+    if tenant is None:
+        log.warning("abandoned batch %s has no tenant in its id: not enqueued again", rq_job_id)
+        return None
+    try:
+        payload = BatchPayload.model_validate(old.args[0])  # written by enqueue_batch; the client validated its jobs
+        jobs = [JobSpec.model_validate(j) for j in payload.raw_jobs()]
+    except ValueError as exc:  # a client's write: not trusted to be well formed
+        log.warning("abandoned batch %s is malformed: %s", rq_job_id, exc)
+        return None
+    done = known_result_ids(connection, tenant, payload.submission, [job.id for job in jobs])
     jobs = [job for job in jobs if job.id not in done]
     if not jobs:
         return None
-    new_id = enqueue_batch(connection, rq_queue.name, payload.submission, jobs,
+    new_id = enqueue_batch(connection, rq_queue.name, tenant, payload.submission, jobs,
                            timeout_s=(old.timeout or 600) - QUEUE_TIMEOUT_MARGIN_S, result_ttl_s=payload.result_ttl_s,
-                           cache=payload.cache)
+                           cache=payload.cache, reuse=payload.reuse)
     log.warning("batch %s lost its worker; %d job(s) enqueued again as %s", rq_job_id, len(jobs), new_id)
     return new_id

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -261,6 +262,8 @@ def _job_from_options(job_file: Path | None, code: Path | None, tests_file: Path
             data = json.loads(job_file.read_text())
         except ValueError as exc:
             fail(f"{job_file} is not valid JSON: {exc}")
+        except RecursionError:
+            fail(f"{job_file} is nested too deeply to parse")
         if not isinstance(data, dict):
             fail(f"{job_file} must hold one JSON object (a job)")
         if policy:
@@ -761,52 +764,79 @@ def health(probe: str, port: int) -> None:
 
 @main.command("redis-acl", context_settings=CONTEXT)
 @click.option("--worker-password", envvar="SANDBOX_WORKER_PASSWORD", help="[default: generated]")
-@click.option("--client-password", envvar="SANDBOX_CLIENT_PASSWORD", help="[default: generated]")
-def redis_acl(worker_password: str | None, client_password: str | None) -> None:
-    """Print a Redis ACL file for a multi-host deployment: workers and clients as separate users.
+@click.option("--client-password", envvar="SANDBOX_CLIENT_PASSWORD",
+              help="[default: generated; one per tenant] With several tenants, each gets its own generated one.")
+@click.option("--tenant", "tenants", multiple=True, metavar="NAME",
+              help="A client user for this tenant (repeatable) [default: the tenant 'default'].")
+def redis_acl(worker_password: str | None, client_password: str | None, tenants: tuple[str, ...]) -> None:
+    """Print a Redis ACL file for a multi-host deployment: workers, and a client user per tenant.
 
     \b
-    Both users reach only the service's keys (rq:*, sandbox:*) and no administrative or dangerous
-    command (FLUSHALL, CONFIG, KEYS, DEBUG, MONITOR, ACL, SHUTDOWN...); only workers may run the
-    script that stores results. The default user is switched off. Then, on the Redis host:
+    Workers reach only the service's keys (rq:*, sandbox:*) and no administrative or dangerous
+    command (FLUSHALL, CONFIG, KEYS, DEBUG, MONITOR, ACL, SHUTDOWN...); only they store results
+    and cache entries. A tenant's client user may enqueue its own batches and read only its own
+    tenant's results (and the pool state `sandbox status` shows); never the cache or another
+    tenant's jobs and results. The default user is switched off. Then, on the Redis host (Redis 7+):
     \b
-      sandbox redis-acl > /etc/redis/users.acl && chmod 600 /etc/redis/users.acl
+      sandbox redis-acl --tenant team-a --tenant team-b > /etc/redis/users.acl && chmod 600 /etc/redis/users.acl
       redis-server --aclfile /etc/redis/users.acl --bind 10.0.0.5 --appendonly yes
-    and give each worker host SANDBOX_REDIS_URL=redis://sandbox-worker:PASSWORD@10.0.0.5:6379/0,
-    each client SANDBOX_REDIS_URL=redis://sandbox-client:PASSWORD@10.0.0.5:6379/0.
+    Give each worker host the workers' line printed on stderr (its Redis URL and SANDBOX_CACHE_KEY,
+    the same on every worker host), and each client its tenant's line.
     """
     import secrets
 
     from sandbox import broker
+    from sandbox.settings import TENANT_PATTERN
 
+    names = list(dict.fromkeys(tenants)) or ["default"]
+    for name in names:
+        if not re.fullmatch(TENANT_PATTERN, name):
+            fail(f"bad tenant name {name!r}: lowercase letters, digits and '-' (at most 32, not starting with '-')")
+    if client_password and len(names) > 1:
+        fail("--client-password is for one tenant; with several, each gets a generated password")
     worker_password = worker_password or secrets.token_urlsafe(24)
-    client_password = client_password or secrets.token_urlsafe(24)
-    click.echo(broker.acl_file(worker_password, client_password), nl=False)
-    click.echo(f"workers: SANDBOX_REDIS_URL=redis://sandbox-worker:{worker_password}@REDIS_HOST:6379/0\n"
-               f"clients: SANDBOX_REDIS_URL=redis://sandbox-client:{client_password}@REDIS_HOST:6379/0", err=True)
+    clients = {name: client_password or secrets.token_urlsafe(24) for name in names}
+    click.echo(broker.acl_file(worker_password, clients), nl=False)
+    click.echo(f"workers: SANDBOX_REDIS_URL=redis://sandbox-worker:{worker_password}@REDIS_HOST:6379/0 "
+               f"SANDBOX_CACHE_KEY={secrets.token_hex(32)}", err=True)
+    for name, password in clients.items():
+        click.echo(f"tenant {name}: SANDBOX_REDIS_URL=redis://{broker.client_user(name)}:{password}@REDIS_HOST:6379/0 "
+                   f"SANDBOX_TENANT={name}", err=True)
 
 
 STATUS_COLORS = {"passed": "green", "failed": "red", "error": "red", "timeout": "yellow", "not_run": "yellow",
                  "infra_error": "magenta"}
 
 
+def printable(text: str) -> str:
+    """Text a sample chose, safe to print to a terminal: control and format characters (ANSI escapes, carriage
+    returns, backspaces, bidirectional overrides, line separators) and lone surrogates are shown escaped
+    (``\\x1b``, ``\\r``, ``\\u202e``), so nothing it printed can move the cursor or repaint the verdict."""
+    import unicodedata
+
+    return "".join(ch if ch == "\t" or (ch.isprintable() and unicodedata.category(ch)[0] != "C")
+                   else ch.encode("unicode_escape", "backslashreplace").decode("ascii") for ch in text)
+
+
 def format_result(result: JobResult) -> str:
+    """The table ``sandbox run`` prints: every text in it that a job or a sample chose goes through ``printable``."""
     verdict = result.verdict.value
-    lines = [click.style(f"{result.job_id}: {verdict.upper()}", fg=STATUS_COLORS.get(verdict), bold=True)
-             + (f"  {result.error}" if result.error else "")]
-    width = max([len(t.name) for t in result.tests] + [4])
+    lines = [click.style(f"{printable(result.job_id)}: {verdict.upper()}", fg=STATUS_COLORS.get(verdict), bold=True)
+             + (f"  {printable(result.error)}" if result.error else "")]
+    width = max([len(printable(t.name)) for t in result.tests] + [4])
     for test in result.tests:
         duration = f"{test.duration_s * 1000:7.1f} ms" if test.duration_s is not None else " " * 10
         status = click.style(f"{test.status.value:<8}", fg=STATUS_COLORS.get(test.status.value))
-        lines.append(f"  {test.name:<{width}}  {status} {duration}  {test.message}")
+        lines.append(f"  {printable(test.name):<{width}}  {status} {duration}  {printable(test.message)}")
     passed = sum(t.status.value == "passed" for t in result.tests)
     lines.append(f"  {passed}/{len(result.tests)} tests passed · wall {result.wall_time_s}s · cpu {result.cpu_time_s}s"
-                 f" · peak {result.peak_memory_kib} KiB · runtime {result.runtime} · attempts {result.attempts}")
+                 f" · peak {result.peak_memory_kib} KiB · runtime {printable(result.runtime)} · attempts {result.attempts}")
     for stream in ("stdout", "stderr"):
         text = getattr(result, stream)
         if text.strip():
             cut = " (truncated)" if getattr(result, f"{stream}_truncated") else ""
-            lines.append(f"  --- {stream}{cut} ---\n" + "\n".join("  " + line for line in text.rstrip().splitlines()[-20:]))
+            tail = text.rstrip().split("\n")[-20:]  # split on newlines only: every other separator is shown escaped
+            lines.append(f"  --- {stream}{cut} ---\n" + "\n".join("  " + printable(line) for line in tail))
     return "\n".join(lines)
 
 

@@ -5,15 +5,18 @@
         ...
 
 Jobs are validated against their policy before anything is queued. Identical jobs (same program,
-tests and limits) run once: later copies, in this submission or any earlier one still cached,
-are answered with the same result marked ``reused``. Jobs sharing tests travel in batches. The
-queue is bounded: a large submission enqueues only while there is room, and keeps collecting
-results meanwhile.
+tests and limits) run once: later copies in this submission wait for the first and get its result
+marked ``reused`` (unless that result is not final: then they run), and workers answer work that an
+earlier submission left in the cache (signed entries only; the client never reads the cache). Jobs
+sharing tests travel in batches. The queue is bounded: a large submission enqueues only while there
+is room, and keeps collecting results meanwhile. Everything a client writes or reads in Redis is
+under its tenant (``Settings.tenant``).
 """
 
 from __future__ import annotations
 
 import itertools
+import re
 import time
 import uuid
 from collections import OrderedDict, defaultdict, deque
@@ -31,11 +34,11 @@ from sandbox.settings import Settings
 
 __all__ = ["Client", "Submission"]
 
-SWEEP_EVERY_S = 5.0
 LOOKUP_CHUNK = 256        # jobs read from the source per cache lookup
 MAX_OPEN_GROUPS = 64      # batches being filled at once (problems interleaved in the source)
 _REDIS_AWAY = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError)
 MAX_HELD = 20_000         # answers waiting to be read plus copies waiting for in-flight work: stop reading beyond
+MEMO_CHARS = 16 << 20     # this submission's final results kept (compact) to answer copies read after they finished
 
 
 class Client:
@@ -63,6 +66,8 @@ class Client:
         cached result (for reruns). Job ids must be unique within a submission.
         """
         broker.queue(self.connection, queue)  # unknown queue names fail here
+        if submission_id is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,128}", submission_id):
+            raise JobValidationError(f"bad submission id {submission_id[:60]!r}: letters, digits, '_', '.', '-' (at most 128)")
         if isinstance(jobs, Sequence):
             prepared: Iterable[PreparedJob] = [self._prepare(job) for job in jobs]
             ids = [p.job.id for p in prepared]  # type: ignore[union-attr]
@@ -75,7 +80,7 @@ class Client:
 
     def _prepare(self, job: JobSpec) -> PreparedJob:
         try:
-            return self.validate(job)
+            return self.planner.prepare(job, self.settings.tenant)
         except JobValidationError as exc:
             raise type(exc)(f"job {job.id}: {exc}") from None
 
@@ -108,7 +113,9 @@ class Submission:
         self._keys: dict[str, str] = {}                    # job id in flight -> its cache key
         self._copies: dict[str, list[JobSpec]] = defaultdict(list)  # job id in flight -> identical jobs
         self._held_copies = 0
-        self._carry: list[PreparedJob] = []                # jobs read from the source, not yet sorted out
+        self._fresh: set[str] = set()                     # added jobs not yet enqueued: never answered from the cache
+        self._memo: OrderedDict[str, tuple[JobResult, int]] = OrderedDict()  # cache key -> (compact result, its size)
+        self._memo_chars = 0
         self._ready: deque[JobResult] = deque()
         self._outstanding: set[str] = set()
         self._added: deque[PreparedJob] = deque()          # jobs added while running (reruns): never from the cache
@@ -119,6 +126,7 @@ class Submission:
         for job in jobs:
             self._added.append(self.client._prepare(job))
             self._outstanding.add(job.id)
+            self._fresh.add(job.id)
 
     def _pull(self, wanted: int) -> None:
         """Read jobs from the source until ``wanted`` batches are full (or it ends); answer cached ones at once."""
@@ -129,23 +137,19 @@ class Submission:
             batch.append(item)
             if len(batch) >= size or self._source is None:
                 self._batches.append(self._open.pop(("added", item.group_key)))
-        # Copies and cached answers fill no batch: without a bound on them, a file of repeats would be read whole.
+        # Copies fill no batch: without a bound on them, a file of repeats would be read whole.
         while self._source is not None and len(self._batches) < wanted \
                 and self._held_copies + len(self._ready) < MAX_HELD:
-            # kept until it is sorted out, so a Redis hiccup during the lookup loses no job of it
-            chunk = self._carry = self._carry or list(itertools.islice(self._source, LOOKUP_CHUNK))
+            chunk = list(itertools.islice(self._source, LOOKUP_CHUNK))
             if not chunk:
                 self._source = None
                 self._batches.extend(self._open.values())
                 self._open.clear()
                 break
-            fresh = {p.cache_key for p in chunk if p.cache_key not in self._in_flight}
-            cached = broker.cached_results(self.client.connection, sorted(fresh)) if self._reuse else {}
-            self._carry = []
             for item in chunk:
                 key = item.cache_key
-                if key in cached:
-                    self._ready.append(_reuse(cached[key], item.job))
+                if key in self._memo:  # this submission's own final result: no need to queue it again
+                    self._ready.append(_reuse(self._memo[key][0], item.job))
                     self.reused += 1
                 elif key in self._in_flight:
                     self._copies[self._in_flight[key]].append(item.job)
@@ -170,7 +174,7 @@ class Submission:
         ``idle_timeout_s``: give up (``InfrastructureError``) after this long without any result.
         """
         connection = self.client.connection
-        last_progress = next_sweep = time.monotonic()
+        last_progress = time.monotonic()
         while True:
             try:
                 self._enqueue_what_fits()
@@ -185,11 +189,8 @@ class Submission:
                     return
                 time.sleep(0.2)  # everything so far was answered from the cache; the queue is full of others' work
                 continue
-            try:
-                finished = broker.pop_results(connection, self.id, wait_s=1)
-                if time.monotonic() >= next_sweep:
-                    broker.requeue_abandoned(connection, grace_s=self.client.settings.heartbeat_s * 3)
-                    next_sweep = time.monotonic() + SWEEP_EVERY_S
+            try:  # (batches of a dead worker are enqueued again by the live workers, which alone may)
+                finished = broker.pop_results(connection, self.client.settings.tenant, self.id, wait_s=1)
             except _REDIS_AWAY:
                 time.sleep(1)  # Redis restarting: results wait for us there
                 continue
@@ -197,16 +198,32 @@ class Submission:
                 if result.job_id not in self._outstanding:
                     continue
                 self._outstanding.discard(result.job_id)
-                self._in_flight.pop(self._keys.pop(result.job_id, ""), None)
+                key = self._keys.pop(result.job_id, "")
+                self._in_flight.pop(key, None)
                 last_progress = time.monotonic()
+                self.reused += result.reused
+                if key and self._reuse and (result.reused or broker.cacheable(result)):
+                    self._remember(key, result)
                 yield result
                 copies = self._copies.pop(result.job_id, [])
                 self._held_copies -= len(copies)
+                if not broker.cacheable(result) and not result.reused:  # not final: each copy is judged itself
+                    self.add(copies)
+                    continue
                 for copy in copies:
+                    self.reused += 1
                     yield _reuse(result, copy)
             if idle_timeout_s is not None and time.monotonic() - last_progress > idle_timeout_s:
                 raise InfrastructureError(f"no result for {idle_timeout_s:.0f} s with {len(self._outstanding)} "
                                           "job(s) outstanding: are workers running? (`sandbox status`)")
+
+    def _remember(self, key: str, result: JobResult) -> None:
+        kept = broker.compact(result).model_copy(update={"metadata": {}})
+        size = len(kept.model_dump_json())
+        self._memo[key] = (kept, size)
+        self._memo_chars += size
+        while self._memo_chars > MEMO_CHARS:
+            self._memo_chars -= self._memo.popitem(last=False)[1][1]
 
     def _enqueue_what_fits(self) -> None:
         settings = self.client.settings
@@ -218,9 +235,12 @@ class Submission:
         while self._batches and room > 0:
             batch = self._batches[0]
             timeout = batch_deadline_s(batch[0].policy, len(batch)) + 20  # beyond the host's own deadline
-            broker.enqueue_batch(self.client.connection, self.queue, self.id, [p.job for p in batch],
-                                 timeout_s=timeout, result_ttl_s=settings.result_ttl_s, cache=self._reuse)
+            fresh = {p.job.id for p in batch} & self._fresh
+            broker.enqueue_batch(self.client.connection, self.queue, self.client.settings.tenant, self.id,
+                                 [p.job for p in batch], timeout_s=timeout, result_ttl_s=settings.result_ttl_s,
+                                 cache=self._reuse, reuse=self._reuse and not fresh)
             self._batches.popleft()  # only once it is in Redis: a failed enqueue is tried again
+            self._fresh -= fresh
             room -= 1
 
 

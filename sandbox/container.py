@@ -23,13 +23,14 @@ from docker.types import Ulimit
 
 from pydantic import TypeAdapter, ValidationError
 
-from sandbox.errors import ImageMissing, InfrastructureError, RuntimeUnavailable, SandboxCrashed, SandboxTimeout
+from sandbox.errors import (ImageMissing, InfrastructureError, RuntimeUnavailable, SandboxCrashed, SandboxRefused,
+                            SandboxTimeout)
 from sandbox.harness import protocol
-from sandbox.harness.messages import BatchReply, BatchRequest, Failure, Hello, Ready, to_dict
+from sandbox.harness.messages import BatchReply, BatchRequest, Failure, Hello, Ready, Refused, to_dict
 from sandbox.plan import limits_for
 from sandbox.policy import Policy
 
-__all__ = ["container_settings", "Sandbox", "docker_client", "require_runtimes", "owner_id", "SERVICE_LABEL",
+__all__ = ["container_settings", "cgroup_cpu_s", "Sandbox", "docker_client", "require_runtimes", "owner_id", "SERVICE_LABEL",
            "OWNER_LABEL", "SANDBOX_USER", "SENTRY_MEMORY_MIB"]
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,36 @@ SUPERVISOR = ["python3", "-I", "/opt/harness/supervisor.py"]
 SLOTS = 1  # samples one sandbox runs at once
 EXEC_SCRATCH_LABEL = "io.sandbox-exec.exec-scratch"
 _STREAM_HEADER = struct.Struct(">BxxxI")
-_REPLY: TypeAdapter[BatchReply | Failure] = TypeAdapter(BatchReply | Failure)
+_REPLY: TypeAdapter[BatchReply | Failure | Refused] = TypeAdapter(BatchReply | Failure | Refused)
 _READY: TypeAdapter[Ready | Failure] = TypeAdapter(Ready | Failure)
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def cgroup_cpu_s(container_id: str, root: str = CGROUP_ROOT) -> float | None:
+    """CPU the host has given a container so far, by its cgroup (v1 ``cpuacct.usage``, v2 ``cpu.stat``
+    ``usage_usec``; docker's cgroupfs or systemd layout), or None where this host does not show it (a worker
+    in a container of its own). This counts what the host's CPUs ran, where gVisor's figures inside count
+    runnable time (see ``sandbox/harness/accounting.py``)."""
+    if not container_id:
+        return None
+    v1 = (f"{root}/cpuacct/docker/{container_id}/cpuacct.usage",
+          f"{root}/cpuacct/system.slice/docker-{container_id}.scope/cpuacct.usage",
+          f"{root}/cpu,cpuacct/docker/{container_id}/cpuacct.usage",
+          f"{root}/cpu,cpuacct/system.slice/docker-{container_id}.scope/cpuacct.usage")
+    v2 = (f"{root}/docker/{container_id}/cpu.stat", f"{root}/system.slice/docker-{container_id}.scope/cpu.stat")
+    for path in v1:
+        try:
+            with open(path) as handle:
+                return int(handle.read().strip()) / 1e9
+        except (OSError, ValueError):
+            continue
+    for path in v2:
+        try:
+            with open(path) as handle:
+                return next(int(line.split()[1]) for line in handle if line.startswith("usage_usec ")) / 1e6
+        except (OSError, ValueError, StopIteration, IndexError):
+            continue
+    return None
 
 
 def container_settings(policy: Policy, image: str, labels: dict[str, str], exec_scratch: bool = False) -> dict[str, Any]:
@@ -121,6 +150,7 @@ class Sandbox:
         self._attach: Any = None
         self.runtime = ""
         self.kernel = ""
+        self.batch_cpu_s: float | None = None  # what the host gave the container over the last batch (its cgroup)
         self._start(image, owner)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -195,16 +225,27 @@ class Sandbox:
     def run(self, batch: BatchRequest, timeout_s: float, max_reply_bytes: int) -> BatchReply:
         """Send one batch and wait for its result; past ``timeout_s`` the container is killed."""
         self.runs += 1
+        before = cgroup_cpu_s(self.id)
+        self.batch_cpu_s = None
         self._send(to_dict(batch))
         reply = self._receive(_REPLY, deadline=time.monotonic() + timeout_s, max_bytes=max_reply_bytes)
+        after = cgroup_cpu_s(self.id)
+        if before is not None and after is not None:
+            self.batch_cpu_s = max(0.0, after - before)
+        if isinstance(reply, Refused):
+            raise SandboxRefused(f"the sandbox refused the request before running any of it: {reply.message}")
         if isinstance(reply, Failure):
             raise self._crashed(f"the supervisor reported: {reply.message}")
         return reply
 
     def _send(self, message: dict[str, Any]) -> None:
         assert self._socket is not None
+        data = protocol.pack(message)
+        if len(data) - protocol.HEADER.size > protocol.MAX_FRAME_BYTES:  # the supervisor could not read it
+            raise SandboxRefused(f"a request of {len(data)} bytes is more than the {protocol.MAX_FRAME_BYTES} a frame "
+                                 "may carry: nothing was sent")
         try:
-            self._socket.sendall(protocol.pack(message))
+            self._socket.sendall(data)
         except OSError as exc:
             raise self._crashed(f"could not write to the sandbox: {exc}") from exc
 

@@ -7,8 +7,9 @@ SandboxError
 └── InfrastructureError     engine, runtime, image or queue failures; retried, never the program's fault
     ├── ImageMissing        the sandbox image is not built
     ├── RuntimeUnavailable  gVisor (or the policy's runtime) is not registered with the engine
-    └── SandboxCrashed      the sandbox died or broke its protocol while running a batch
-        └── SandboxTimeout  the sandbox did not answer before the host's wall-clock backstop
+    ├── SandboxCrashed      the sandbox died or broke its protocol while running a batch
+    │   └── SandboxTimeout  the sandbox did not answer before the host's wall-clock backstop
+    └── SandboxRefused      a request could not be taken (too large for a frame): no program of it ran
 
 Program outcomes (wrong answers, crashes, timeouts) are never exceptions: they are verdicts.
 """
@@ -19,7 +20,7 @@ from typing import Any
 
 __all__ = [
     "validation_reasons", "SandboxError", "JobValidationError", "PolicyViolation", "PolicyError", "InfrastructureError",
-    "ImageMissing", "RuntimeUnavailable", "SandboxCrashed", "SandboxTimeout",
+    "ImageMissing", "RuntimeUnavailable", "SandboxCrashed", "SandboxTimeout", "SandboxRefused",
 ]
 
 
@@ -62,6 +63,10 @@ class SandboxCrashed(InfrastructureError):
 
 class SandboxTimeout(SandboxCrashed):
     """The sandbox did not answer before the host's wall-clock backstop; the container was killed."""
+
+
+class SandboxRefused(InfrastructureError):
+    """A request was refused before any program of it ran (larger than a frame may be): never a program's fault."""
 
 
 def validation_reasons(exc: Any, whole: str = "job") -> str:

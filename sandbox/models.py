@@ -5,6 +5,9 @@ Models are frozen and forbid unknown fields; the worker validates again what com
 
 from __future__ import annotations
 
+import json
+import keyword
+import math
 import uuid
 from enum import Enum
 from typing import Any, ClassVar
@@ -20,6 +23,41 @@ __all__ = ["Verdict", "TestStatus", "TestSnippet", "StdioCase", "StdioCases", "C
            "CaseOutput", "TestResult", "JobResult"]
 
 MAX_SOURCE_CHARS = 16 * 1024 * 1024  # hard ceiling; each policy sets its own, lower, program_max_kib
+MAX_DEPTH = 100                      # nesting of any value in a job: deeper JSON is a mistake and breaks encoders
+METADATA_MAX_DEPTH = 20
+METADATA_MAX_BYTES = 64 * 1024       # metadata travels with the job and comes back in every result
+
+
+def unfit_for_json(value: Any, max_depth: int = MAX_DEPTH, json_only: bool = False, root: str = "") -> str | None:
+    """Why ``value`` cannot travel as JSON, or None: text that is not strict UTF-8 (a lone surrogate),
+    nesting deeper than ``max_depth``, and with ``json_only`` a value JSON has no type for (a set, bytes,
+    a non-finite number, a key that is not text). Iterative: no input makes it recurse."""
+    stack: list[tuple[Any, str, int]] = [(value, root, 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        where = (path or "value") if len(path) <= 120 else path[:60] + " ... " + path[-55:]
+        if depth > max_depth:
+            return f"{where}: nested more than {max_depth} levels deep"
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                return f"{where}: not valid UTF-8 text (a lone surrogate {item[exc.start]!r} at character {exc.start})"
+        elif isinstance(item, BaseModel):
+            stack.extend((v, f"{path}.{k}" if path else k, depth + 1) for k, v in item.__dict__.items())
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if not isinstance(key, str) and json_only:
+                    return f"{where}: the key {key!r} is not text"
+                stack.append((key, f"{path}[key]", depth + 1))
+                stack.append((child, f"{path}.{key}" if path else str(key), depth + 1))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((child, f"{path}[{index}]", depth + 1) for index, child in enumerate(item))
+        elif isinstance(item, float) and json_only and not math.isfinite(item):
+            return f"{where}: {item} is not a JSON number"
+        elif json_only and item is not None and not isinstance(item, (bool, int, float)):
+            return f"{where}: a {type(item).__name__} is not a JSON value"
+    return None
 
 
 class Verdict(str, Enum):
@@ -138,8 +176,11 @@ class InlineTests(_Frozen):
 class JobSpec(_Frozen):
     """One program and its tests.
 
-    The program is either ``prompt`` + ``completion`` (HumanEval's shape: the prompt is the
-    problem's own text and is trusted to define helpers for the tests) or a whole ``program``.
+    The program is either ``prompt`` + ``completion`` (HumanEval's shape) or a whole ``program``.
+    A prompt is trusted only when the job says so (``prompt_trusted``: the problem's own text, run by
+    the test driver to define helpers for the tests, like HumanEval's ``poly``); otherwise it is part
+    of the program and nothing else. The tests take from the program only ``entry_point`` and the
+    ``program_names`` the job declares; standard modules they use are the driver's own.
     Tests are exactly one of: a HumanEval-style ``check`` program, named ``tests`` snippets (both
     call ``entry_point``), ``stdio`` cases, call-based ``calls`` cases (these four for Python), or
     ``inline_tests`` in the program's own language (any language but Python). Stdio cases work in
@@ -157,11 +198,47 @@ class JobSpec(_Frozen):
     calls: CallCases | None = None
     inline_tests: InlineTests | None = None
     entry_point: str = Field(default="", pattern=r"^([A-Za-z_][A-Za-z0-9_]*)?$")
+    program_names: tuple[str, ...] = Field(default=(), max_length=100, description="names besides `entry_point` that "
+                                           "the tests take from the program (helpers it defines); any other name a "
+                                           "test uses it must define or import itself")
+    prompt_trusted: bool = Field(default=False, description="the prompt is the problem's own trusted text: the test "
+                                 "driver runs it before the tests, so they can use its helpers (HumanEval's `poly`); "
+                                 "otherwise the prompt is part of the program only")
     stop_on_first_failure: bool = Field(default=False, description="stop a sample at its first failing test "
                                         "(enough for pass/fail: RL rewards, filtering); later tests are not run")
     policy: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
     limits: LimitOverrides | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict, description="the caller's own JSON, returned with the "
+                                     f"result: strict UTF-8, at most {METADATA_MAX_DEPTH} levels deep and "
+                                     f"{METADATA_MAX_BYTES // 1024} KiB")
+
+    @field_validator("metadata")
+    @classmethod
+    def _json_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        problem = unfit_for_json(value, METADATA_MAX_DEPTH, json_only=True, root="metadata")
+        if problem is not None:
+            raise ValueError(problem)
+        size = len(json.dumps(value, ensure_ascii=False, allow_nan=False).encode())
+        if size > METADATA_MAX_BYTES:
+            raise ValueError(f"metadata is {size} bytes of JSON, at most {METADATA_MAX_BYTES} accepted")
+        return value
+
+    @model_validator(mode="after")
+    def _fit_to_travel(self) -> "JobSpec":
+        """Every text of a job is strict UTF-8 and no value nests without bound: a job that passes
+        validation can always be serialised (to Redis, to the sandbox, into its result)."""
+        problem = unfit_for_json(self)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
+
+    @field_validator("program_names")
+    @classmethod
+    def _identifiers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [name for name in value if not name.isidentifier() or not name.isascii() or keyword.iskeyword(name)]
+        if bad:
+            raise ValueError(f"program_names must be Python identifiers, not {bad[0][:60]!r}")
+        return value
 
     @field_validator("language")
     @classmethod
@@ -190,6 +267,10 @@ class JobSpec(_Frozen):
             raise ValueError(f"`{forms[0]}` tests call the program's `entry_point`: name it")
         if self.tests is not None and len({t.name for t in self.tests}) != len(self.tests):
             raise ValueError("test names must be unique")
+        if self.prompt_trusted and not self.prompt:
+            raise ValueError("`prompt_trusted` is about a `prompt`: the job has none")
+        if self.program_names and forms[0] not in ("check", "tests"):
+            raise ValueError("`program_names` are for `check` and `tests` tests, which call into the program")
         return self
 
     @property
@@ -239,6 +320,9 @@ class JobResult(_Frozen):
     attempts: int = 1
     reused: bool = False
     anomalies: tuple[str, ...] = Field(default=(), description="what the sample left behind or broke; never cached")
+    provisional: str = Field(default="", description="for a timeout the machine's load may have caused (a wall-clock "
+                             "kill, or CPU charged beyond what its sandbox was given): why; such a timeout is not "
+                             "final, never cached, and `evaluate` runs it once more")
     timings: dict[str, float] = Field(default_factory=dict, description="where the time went, in seconds: queue_s "
                                       "(waiting in Redis), sandbox_s (its share of the batch's round trip), running_s "
                                       "(program and driver), finishing_s (cleanup), driver_cpu_s")

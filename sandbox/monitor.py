@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 from datetime import datetime, timezone
 from typing import Any, Callable
 
@@ -28,7 +29,8 @@ VERDICT_WINDOW_MIN = 15
 LOW_DISK_FRACTION = 0.10
 VERDICTS = ("passed", "failed", "timeout", "error", "infra_error")
 WARNING_KINDS = ("worker_silent", "worker_crash_loop", "batch_stuck", "batch_overdue", "orphan_containers", "low_disk",
-                 "no_workers", "infra_errors")
+                 "no_workers", "infra_errors", "redis_memory")
+REDIS_MEMORY_WARN_FRACTION = 0.8   # of maxmemory (or of the machine's memory when Redis has no maxmemory)
 
 
 def snapshot(connection: redis.Redis, docker_client: docker.DockerClient | None, heartbeat_s: float,
@@ -48,6 +50,7 @@ def snapshot(connection: redis.Redis, docker_client: docker.DockerClient | None,
         "completed_per_min": sum(last_minutes.values()) / RATE_WINDOW_MIN,
         "totals": {v: int(c) for v, c in _hash(connection, broker.TOTALS).items()},
         "orphan_containers": orphans, "disks": disks, "alerts": broker.alerts(connection),
+        "redis_memory": broker.redis_memory(connection),
     }
     state["warnings"] = _warnings(state, heartbeat_s)
     return state
@@ -74,7 +77,7 @@ def _queue(connection: redis.Redis, name: str, now: float, minute: int) -> dict[
     oldest = None
     first = rq_queue.get_job_ids(0, 1)
     if first:
-        enqueued = connection.hget(f"rq:job:{first[0]}", "enqueued_at")
+        enqueued = _allowed(lambda: connection.hget(f"rq:job:{first[0]}", "enqueued_at"))
         oldest = now - broker.rq_timestamp(enqueued) if enqueued else None
     enqueued_recent = sum(int(connection.hget(broker.enqueued_key(m), name) or 0)
                           for m in range(minute - RATE_WINDOW_MIN + 1, minute + 1))
@@ -87,7 +90,7 @@ def _queue(connection: redis.Redis, name: str, now: float, minute: int) -> dict[
 
 def _running_batch(connection: redis.Redis, rq_job_id: str, queue_name: str, now: float) -> dict[str, Any]:
     lease_owner = connection.get(f"{broker.PREFIX}:lease:{rq_job_id}")
-    started = connection.hget(f"rq:job:{rq_job_id}", "started_at")
+    started = _allowed(lambda: connection.hget(f"rq:job:{rq_job_id}", "started_at"))
     meta: dict[str, Any] = {}
     try:
         meta = Job.fetch(rq_job_id, connection=connection, serializer=JSONSerializer).meta
@@ -104,13 +107,21 @@ def _workers(connection: redis.Redis, now: float, heartbeat_s: float) -> list[di
         live = _hash(connection, broker.worker_key(member))
         last = live or _hash(connection, broker.WORKER_LAST + member)
         if not last:
-            connection.srem(broker.WORKERS_SET, member)  # silent for more than an hour: forgotten
+            _allowed(partial(connection.srem, broker.WORKERS_SET, member))  # silent for more than an hour: forgotten
             continue
         row: dict[str, Any] = {key: _number(value) for key, value in last.items()}
         row["silent_s"] = now - float(last.get("last_heartbeat", 0))
         row["alive"] = bool(live) and row["silent_s"] < 3 * heartbeat_s
         workers.append(row)
     return workers
+
+
+def _allowed(read: Callable[[], Any]) -> Any:
+    """A read (or tidy-up) a client's Redis user may not be allowed: another tenant's batch. None then."""
+    try:
+        return read()
+    except redis.exceptions.NoPermissionError:
+        return None
 
 
 def _number(value: str) -> Any:
@@ -168,6 +179,11 @@ def _warnings(state: dict[str, Any], heartbeat_s: float) -> list[dict[str, str]]
     for queue in state["queues"]:
         if queue["waiting_batches"] and not live_workers:
             warn("no_workers", f"queue {queue['name']} has {queue['waiting_batches']} batch(es) and no live worker")
+    memory = state["redis_memory"]
+    if memory["limit"] and memory["used"] >= REDIS_MEMORY_WARN_FRACTION * memory["limit"]:
+        of = "its maxmemory" if memory["maxmemory"] else "this machine's memory (no maxmemory set)"
+        warn("redis_memory", f"Redis uses {memory['used'] / 2**20:.0f} MiB, {memory['used'] / memory['limit']:.0%} of "
+                             f"{of}; with maxmemory-policy {memory['policy']} a full Redis stops every worker")
     infra = state["verdicts_last_15_min"].get("infra_error", 0)
     if infra:
         warn("infra_errors", f"{infra} infrastructure error(s) in the last {VERDICT_WINDOW_MIN} min (sandboxes failing?)")
@@ -206,8 +222,12 @@ def render(state: dict[str, Any], style: Callable[..., str] = lambda text, **_: 
     if not state["workers"]:
         lines.append("(no workers)")
     mix = "  ".join(f"{v} {n}" for v, n in state["verdicts_last_15_min"].items())
+    memory = state["redis_memory"]
+    limit = f"{memory['limit'] / 2**20:.0f} MiB" + ("" if memory["maxmemory"] else " (machine; no maxmemory)")
     lines += ["", style("VERDICTS, last 15 min: ", bold=True) + mix,
-              f"completed {state['completed_per_min']:.0f}/min over the last {RATE_WINDOW_MIN} min"]
+              f"completed {state['completed_per_min']:.0f}/min over the last {RATE_WINDOW_MIN} min",
+              style("REDIS MEMORY: ", bold=True) + f"{memory['used'] / 2**20:.1f} MiB used of {limit}"
+              + (f" ({memory['used'] / memory['limit']:.0%})" if memory["limit"] else "")]
     lines += ["", style("WARNINGS", bold=True)]
     lines += [style(f"  ! {w['message']}", fg="yellow") for w in state["warnings"]] or ["  none"]
     return "\n".join(lines)

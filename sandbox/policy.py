@@ -44,6 +44,11 @@ class Policy(BaseModel):
     open_files: int = Field(ge=16, le=65536)
     output_max_kib: int = Field(ge=1, le=65536, description="bytes of stdout and of stderr kept per sample")
     program_max_kib: int = Field(ge=1, le=16384, description="largest program (and largest test code) accepted")
+    tests_max_mib: int = Field(default=48, ge=1, le=56, description="largest set of tests one job may carry: its "
+                               "cases, expected values, checker and test code, counted as they travel to the sandbox "
+                               "(JSON); at most 56, to leave room for programs in the 64 MiB frame a batch travels in")
+    case_input_max_mib: int = Field(default=16, ge=1, le=56, description="largest input of one case: a stdio case's "
+                                    "stdin, or a call case's arguments (JSON)")
     case_cpu_time_s: float = Field(default=2.0, gt=0, le=600, description="stdio: CPU seconds of one case's run")
     case_wall_time_s: float = Field(default=6.0, gt=0, le=1200, description="stdio: wall-clock backstop of one case")
     case_output_max_kib: int = Field(default=4096, ge=1, le=4096, description="stdio: stdout judged per case; more "

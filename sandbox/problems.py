@@ -5,10 +5,13 @@ or call-based cases), which of them are the statement's public examples (for fil
 trusted prompt, and reference solutions. Each format is one reader in ``FORMATS``:
 
 * ``humaneval``: ``task_id``, ``prompt``, ``test`` (``check(candidate)``), ``entry_point``,
-  ``canonical_solution``; a sample's completion continues the prompt.
+  ``canonical_solution``; a sample's completion continues the prompt. The prompt is the problem's
+  own text, trusted to define helpers for the tests (the driver runs it), unless the row says
+  ``"prompt_trusted": false``.
 * ``apps`` (and ``taco``, which shares its columns): ``problem_id``, ``question``, ``input_output``
   (``inputs``/``outputs``, plus ``fn_name`` for call-based problems), ``solutions``, ``starter_code``;
-  ``reference_check`` if present says which solutions the APPS harness accepted.
+  ``reference_check`` if present says which solutions the APPS harness accepted. The id is the first of
+  ``task_id``, ``problem_id``, ``id``, ``name`` a row fills, else its line number (TACO as published has none).
 * ``codecontests``: ``name``, ``description``, ``public_tests``/``private_tests``/``generated_tests``.
 * ``livecodebench``: ``question_id``, ``question_content``, ``input_output`` or
   ``public_test_cases``/``private_test_cases``, ``testtype`` (``stdin`` or ``functional``).
@@ -58,6 +61,7 @@ class Problem(BaseModel):
     language: str = "python"
     public: int = 0                        # the first `public` cases are the statement's examples
     continues_prompt: bool = False         # True: the program is prompt + completion (HumanEval)
+    prompt_trusted: bool = False           # the set's own prompts may define helpers for its tests (HumanEval's)
     canonical_solutions: tuple[str, ...] = ()
     canonical_passed: tuple[bool, ...] | None = None  # what the source's own harness said of each
     header: Literal["", "apps", "livecodebench"] = ""  # the imports the source's harness puts before every program
@@ -130,9 +134,14 @@ def _named(cases: list[Any], prefix: str) -> list[Any]:  # StdioCase or CallCase
     return [case.model_copy(update={"name": f"{prefix} {i}"}) for i, case in enumerate(cases, start=1)]
 
 
-def read_humaneval(row: dict[str, Any], public: int) -> Problem:
+def read_humaneval(row: dict[str, Any], public: int, line: int = 0) -> Problem:
+    # HumanEval's prompts are the problem's own text, trusted to define helpers its tests use (`poly`); a row
+    # may say otherwise (`"prompt_trusted": false`, for prompts made of code from elsewhere)
+    trusted = row.get("prompt_trusted", True)
+    if type(trusted) is not bool:
+        raise ValueError("prompt_trusted must be true or false")
     return Problem(task_id=str(row["task_id"]), prompt=row["prompt"], entry_point=row["entry_point"], check=row["test"],
-                   continues_prompt=True, source=row,
+                   continues_prompt=True, prompt_trusted=trusted, source=row,
                    canonical_solutions=(row["canonical_solution"],) if row.get("canonical_solution") else ())
 
 
@@ -146,12 +155,12 @@ def _apps_keys(value: Any) -> Any:
     return value
 
 
-def read_apps(row: dict[str, Any], public: int) -> Problem:
+def read_apps(row: dict[str, Any], public: int, line: int = 0) -> Problem:
     tests = _maybe_json(row["input_output"])
     inputs, outputs = tests["inputs"], tests["outputs"]
     solutions = tuple(_maybe_json(row.get("solutions") or []))
     passed = row.get("reference_check", {}).get("solution_passed")
-    common = {"task_id": str(row.get("problem_id", row.get("id", ""))), "prompt": row.get("question", ""),
+    common = {"task_id": row_id(row, line), "prompt": row.get("question", ""),
               "canonical_solutions": solutions, "canonical_passed": tuple(passed) if passed else None,
               "public": min(public, len(inputs)), "header": "apps", "source": row}
     if tests.get("fn_name"):
@@ -164,6 +173,19 @@ def read_apps(row: dict[str, Any], public: int) -> Problem:
     return Problem(**common, stdio=StdioCases(cases=tuple(_name(cases, public)), comparator="apps", apps_wrap=True))
 
 
+ID_FIELDS = ("task_id", "problem_id", "id", "name")  # where APPS-style files keep a problem's id, in this order
+
+
+def row_id(row: dict[str, Any], line: int) -> str:
+    """A problem's id: the first of ``ID_FIELDS`` the row fills, else its line number (TACO as published has no
+    id column: its rows are named by their line, as ``sandbox evaluate`` names samples)."""
+    for field in ID_FIELDS:
+        value = row.get(field)
+        if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip():
+            return str(value).strip()
+    return str(line)
+
+
 def _text(value: Any) -> str:
     return "\n".join(value) if isinstance(value, list) else str(value)
 
@@ -173,7 +195,7 @@ def _name(cases: list[Any], public: int) -> list[Any]:
     return [*_named(cases[:public], "public"), *_named(cases[public:], "hidden")]
 
 
-def read_codecontests(row: dict[str, Any], public: int) -> Problem:
+def read_codecontests(row: dict[str, Any], public: int, line: int = 0) -> Problem:
     groups = [("public", row.get("public_tests")), ("private", row.get("private_tests")),
               ("generated", row.get("generated_tests"))]
     cases: list[StdioCase] = []
@@ -189,7 +211,7 @@ def read_codecontests(row: dict[str, Any], public: int) -> Problem:
                    canonical_solutions=python + models, source=row)
 
 
-def read_livecodebench(row: dict[str, Any], public: int) -> Problem:
+def read_livecodebench(row: dict[str, Any], public: int, line: int = 0) -> Problem:
     if "input_output" in row:
         tests = _maybe_json(row["input_output"])
         pairs = list(zip(tests["inputs"], tests["outputs"]))
@@ -229,7 +251,7 @@ _HX_CPP_INCLUDES = ("#include<stdlib.h>", "#include<algorithm>", "#include<math.
 _GO_IMPORT_BLOCK = re.compile(r"^import\s*(\([^)]*\)|\"[^\"]*\")\s*$", re.MULTILINE)
 
 
-def read_humaneval_x(row: dict[str, Any], public: int) -> Problem:
+def read_humaneval_x(row: dict[str, Any], public: int, line: int = 0) -> Problem:
     task_id = str(row["task_id"])
     prefix = task_id.split("/")[0]
     if prefix not in _HX_LANGUAGES:
@@ -265,7 +287,7 @@ _MULTIPLE_LANGUAGES = {"cpp": "cpp", "java": "java", "js": "javascript", "javasc
                        "go_test.go": "go", "rs": "rust", "rust": "rust"}  # its data set's names, and its self-test's
 
 
-def read_multipl_e(row: dict[str, Any], public: int) -> Problem:
+def read_multipl_e(row: dict[str, Any], public: int, line: int = 0) -> Problem:
     if row["language"] not in _MULTIPLE_LANGUAGES:
         raise ValueError(f"MultiPL-E language {row['language']!r} is not one of {', '.join(_MULTIPLE_LANGUAGES)}")
     return Problem(task_id=str(row["name"]), prompt=row["prompt"], language=_MULTIPLE_LANGUAGES[row["language"]],
@@ -273,7 +295,7 @@ def read_multipl_e(row: dict[str, Any], public: int) -> Problem:
 
 
 # A problem-set format: its reader, and the keys that recognise it in a file's first line.
-FORMATS: dict[str, tuple[Callable[[dict[str, Any], int], Problem], frozenset[str]]] = {
+FORMATS: dict[str, tuple[Callable[[dict[str, Any], int, int], Problem], frozenset[str]]] = {
     "humaneval": (read_humaneval, frozenset({"task_id", "prompt", "test", "entry_point"})),
     "humaneval-x": (read_humaneval_x, frozenset({"task_id", "prompt", "test", "declaration"})),
     "multipl-e": (read_multipl_e, frozenset({"name", "language", "prompt", "tests", "stop_tokens"})),
@@ -315,7 +337,7 @@ def load_problems(source: str | Path, format: str = "auto", public: int = 1) -> 
         try:
             if reader is None:
                 reader = FORMATS[detect_format(data) if format == "auto" else format][0]
-            item = reader(data, public)
+            item = reader(data, public, number)
         except ValidationError as exc:
             errors.append(f"{path}:{number}: {validation_reasons(exc, whole='line')}")
             continue
@@ -397,7 +419,7 @@ def sample_job(line: int, sample: Sample, problem: Problem, policy: str, extract
         prompt = problem.prompt
         if problem.inline is not None and problem.language == "go" and problem.inline.preamble:  # HumanEval-X Go
             prompt = _go_imports(completion, problem.inline.preamble) + prompt
-        fields.update(prompt=prompt, completion=completion)
+        fields.update(prompt=prompt, completion=completion, prompt_trusted=problem.prompt_trusted and bool(prompt))
     elif fields["language"] != "python":
         fields["program"] = completion
     else:

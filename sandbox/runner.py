@@ -16,10 +16,10 @@ import time
 from collections import deque
 from typing import Any, Iterable, Iterator
 
-from sandbox.errors import InfrastructureError, JobValidationError, SandboxCrashed, SandboxTimeout
-from sandbox.harness.messages import JUDGED_MAX_BYTES, BatchReply
+from sandbox.errors import InfrastructureError, JobValidationError, SandboxCrashed, SandboxRefused, SandboxTimeout
+from sandbox.harness.messages import BatchReply
 from sandbox.models import JobResult, JobSpec, TestStatus, Verdict
-from sandbox.plan import Planner, PreparedJob, batch_deadline_s, batch_request
+from sandbox.plan import Planner, PreparedJob, batch_deadline_s, batch_request, frame_batches, reply_bound_bytes
 from sandbox.pool import SandboxPool
 from sandbox.verdict import to_result, whole_job_result
 
@@ -63,14 +63,15 @@ class Runner:
             yield from self._run_group(group)
 
     def _run_group(self, group: list[PreparedJob]) -> Iterator[JobResult]:
-        batches: deque[list[PreparedJob]] = deque([group])
+        batches: deque[list[PreparedJob]] = deque(frame_batches(group))  # each request and reply fits a frame
         failures: dict[str, list[InfrastructureError]] = {p.job.id: [] for p in group}
         split: set[str] = set()  # ran again alone because their batch failed: an attempt that counts
+        unrun: dict[str, int] = {p.job.id: 0 for p in group}  # times a job came back unjudged from a discarded sandbox
         while batches:
             batch = batches.popleft()
             started = time.monotonic()
             try:
-                reply, runtime, sandbox_id = self._execute(batch)
+                reply, runtime, sandbox_id, container_cpu_s = self._execute(batch)
             except InfrastructureError as exc:
                 if len(batch) > 1:  # isolate whichever sample brought the sandbox down
                     batches.extend([p] for p in batch)
@@ -88,22 +89,48 @@ class Runner:
             by_id = {p.job.id: p for p in batch}
             anomalies = () if reply.healthy else tuple(f"sandbox discarded after this batch: {a}" for a in reply.anomalies)
             share = {"sandbox_s": round((time.monotonic() - started) / max(1, len(reply.samples)), 4)}
+            charged = sum(report.cpu_s for report in reply.samples)
             for report in reply.samples:
                 prepared = by_id.pop(report.id)
                 attempts = len(failures[prepared.job.id]) + 1 + (prepared.job.id in split)
-                yield to_result(prepared, report, runtime, sandbox_id, attempts=attempts,
-                                anomalies=anomalies, timings=share)
-            if by_id:  # not started: the sandbox had to be discarded first
-                batches.append(list(by_id.values()))
+                yield to_result(prepared, report, runtime, sandbox_id, attempts=attempts, anomalies=anomalies,
+                                timings=share, container_cpu_s=container_cpu_s, others_charged_s=charged - report.cpu_s)
+            if by_id:  # not started, or cut short: the sandbox had to be discarded first
+                yield from self._unrun(batch, list(by_id.values()), reply, failures, unrun, split, batches)
 
-    def _execute(self, batch: list[PreparedJob]) -> tuple[BatchReply, str, str]:
+    def _unrun(self, batch: list[PreparedJob], again: list[PreparedJob], reply: BatchReply,
+               failures: dict[str, list[InfrastructureError]], unrun: dict[str, int], split: set[str],
+               batches: deque[list[PreparedJob]]) -> Iterator[JobResult]:
+        """Jobs a discarded sandbox did not judge go on in a fresh one, but not forever: a job that comes back
+        unjudged twice runs alone, and a lone job whose sandbox is given up while it runs (its processes outlived
+        their sweep, say) counts that as its sandbox failing: twice, and a canary decides whose fault it was."""
+        if len(batch) == 1:
+            prepared = again[0]
+            why = "; ".join(reply.anomalies)[:500] or "no reason given"
+            failures[prepared.job.id].append(SandboxCrashed(f"the sandbox was given up while it judged this sample: {why}"))
+            final = self._final_failure(prepared, failures[prepared.job.id])
+            if final is not None:
+                yield final
+            else:
+                batches.append(again)
+            return
+        for prepared in again:
+            unrun[prepared.job.id] += 1
+        alone = [p for p in again if unrun[p.job.id] >= 2]
+        batches.extend([p] for p in alone)
+        split.update(p.job.id for p in alone)
+        rest = [p for p in again if unrun[p.job.id] < 2]
+        if rest:
+            batches.append(rest)
+
+    def _execute(self, batch: list[PreparedJob]) -> tuple[BatchReply, str, str, float | None]:
+        """The batch's reply, the runtime and short id of the sandbox that ran it, and the CPU the host gave that
+        sandbox over the batch (None where its cgroup cannot be read)."""
         first = batch[0]
         sandbox = self.pool.acquire(first.policy, first.image)
         sandbox_id = sandbox.id[:12]
         request = batch_request(batch)
-        # per sample: its report (bounded by the driver), and stdout and stderr, whose bytes JSON may escape 6-fold
-        per_sample = JUDGED_MAX_BYTES + 12 * request.limits.output_max_bytes + (256 << 10)
-        max_bytes = len(batch) * per_sample + REPLY_OVERHEAD_BYTES
+        max_bytes = len(batch) * reply_bound_bytes(first.policy) + REPLY_OVERHEAD_BYTES
         try:
             reply = sandbox.run(request, timeout_s=batch_deadline_s(first.policy, len(batch)), max_reply_bytes=max_bytes)
         except BaseException:
@@ -113,11 +140,13 @@ class Runner:
             self.pool.discard(sandbox)
             raise SandboxCrashed("the sandbox answered for other samples than it was given")
         self.pool.release(sandbox, recycle=not reply.healthy)
-        return reply, sandbox.runtime, sandbox_id
+        return reply, sandbox.runtime, sandbox_id, sandbox.batch_cpu_s
 
     def _final_failure(self, prepared: PreparedJob, failures: list[InfrastructureError]) -> JobResult | None:
         """Decide whether a lone job's sandbox failures are final, and whose fault they are."""
         last = failures[-1]
+        if isinstance(last, SandboxRefused):  # before any of it ran: the service's fault, and it would not change
+            return whole_job_result(prepared, Verdict.infra_error, TestStatus.not_run, str(last), len(failures))
         crashes = [f for f in failures if isinstance(f, SandboxCrashed)]
         if len(crashes) >= 2:
             healthy, why = self._canary_passes(prepared)
@@ -143,7 +172,7 @@ class Runner:
         canary = self.planner.prepare(CANARY.model_copy(update={"policy": prepared.job.policy}))
         canary = PreparedJob(canary.job, self.planner.policy(prepared.job.policy), canary.tests, prepared.image)
         try:
-            reply, _, _ = self._execute([canary])
+            reply, _, _, _ = self._execute([canary])
         except InfrastructureError as exc:
             return False, str(exc)[:200]
         result = to_result(canary, reply.samples[0], "") if reply.samples else None

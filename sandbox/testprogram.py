@@ -8,8 +8,11 @@
   or rely on ``AssertionError`` keep their meaning; the driver only notes the outcome.
 * Named snippets: each snippet is one test, run unchanged.
 
-Names the tests use but neither define nor get from builtins or the problem's trusted prompt
-are the program's: the driver asks the sample's process for them.
+The test's namespace is the test's: of the program it sees only the entry point and the names
+the job declares (``program_names``); a free name that is a standard module (or numpy, which the
+Python image installs) is imported by the driver itself, never taken from the program; names the
+trusted prompt defines are the prompt's. Any other free name is refused here, before anything
+runs: the test must import or define it.
 """
 
 from __future__ import annotations
@@ -17,14 +20,18 @@ from __future__ import annotations
 import ast
 import builtins
 import symtable
+import sys
 from dataclasses import dataclass
 
 from sandbox.errors import JobValidationError
 from sandbox.harness.messages import FunctionTests, TestUnit
 
-__all__ = ["FunctionPlan", "plan_check", "plan_snippets", "defined_names_of"]
+__all__ = ["FunctionPlan", "plan_check", "plan_snippets", "defined_names_of", "JUDGE_MODULES"]
 
 _BUILTINS = frozenset(dir(builtins))
+# Modules a test may use without importing them: the driver imports them itself (images/python installs
+# python3-numpy; a unit test holds the two together). Never taken from the program.
+JUDGE_MODULES = frozenset(name for name in sys.stdlib_module_names if not name.startswith("_")) | {"numpy"}
 _RECORDER = "__sandbox__"
 
 _TEMPLATE = f"""
@@ -47,7 +54,10 @@ class FunctionPlan:
     tests: FunctionTests             # what the driver executes
 
 
-def plan_check(source: str, entry_point: str, prelude: str | None = None) -> FunctionPlan:
+def plan_check(source: str, entry_point: str, prelude: str | None = None,
+               declared: tuple[str, ...] = ()) -> FunctionPlan:
+    """``prelude``: the trusted prompt the driver runs first; ``declared``: names (besides the entry point)
+    the tests may take from the program."""
     module = _parse(source, "test program")
     check = next((node for node in module.body if isinstance(node, ast.FunctionDef) and node.name == "check"), None)
     if check is None or len(check.args.args) != 1:
@@ -56,19 +66,20 @@ def plan_check(source: str, entry_point: str, prelude: str | None = None) -> Fun
     instrumented = ast.fix_missing_locations(instrument.visit(module))
     if not instrument.names:
         raise JobValidationError("the test program contains no assert statement, so nothing would be tested")
-    names = _program_names(source, _defined_names(module.body), entry_point, prelude)
-    tests = FunctionTests(form="check", entry_point=entry_point, prelude=prelude, program_names=names,
-                          units=(TestUnit("check", ast.unparse(instrumented)),))
+    program, modules = _test_names([source], entry_point, prelude, declared, provided=set())
+    tests = FunctionTests(form="check", entry_point=entry_point, prelude=prelude, program_names=program,
+                          modules=modules, units=(TestUnit("check", ast.unparse(instrumented)),))
     return FunctionPlan(tuple(instrument.names), tests)
 
 
-def plan_snippets(snippets: list[tuple[str, str]], entry_point: str, prelude: str | None = None) -> FunctionPlan:
-    names: dict[str, None] = {}
+def plan_snippets(snippets: list[tuple[str, str]], entry_point: str, prelude: str | None = None,
+                  declared: tuple[str, ...] = ()) -> FunctionPlan:
     for name, code in snippets:
         _parse(code, f"test {name!r}")
-        names.update(dict.fromkeys(_program_names(code, set(), entry_point, prelude)))
-    tests = FunctionTests(form="snippets", entry_point=entry_point, prelude=prelude, program_names=tuple(names),
-                          units=tuple(TestUnit(name, code) for name, code in snippets))
+    # the driver gives each snippet the entry point as `candidate` too
+    program, modules = _test_names([code for _, code in snippets], entry_point, prelude, declared, provided={"candidate"})
+    tests = FunctionTests(form="snippets", entry_point=entry_point, prelude=prelude, program_names=program,
+                          modules=modules, units=tuple(TestUnit(name, code) for name, code in snippets))
     return FunctionPlan(tuple(name for name, _ in snippets), tests)
 
 
@@ -146,23 +157,53 @@ def _parse(source: str, what: str) -> ast.Module:
         raise JobValidationError(f"the {what} is not valid Python: {exc.msg} (line {exc.lineno})") from exc
 
 
-def _program_names(source: str, module_defined: set[str], entry_point: str, prelude: str | None) -> tuple[str, ...]:
-    """Free names of the test code that only the program under test can provide (the entry point first)."""
-    free = _free_globals(symtable.symtable(source, "<tests>", "exec")) - module_defined - _BUILTINS
-    if prelude:
-        free -= defined_names_of(prelude)
-    return (entry_point, *sorted(free - {entry_point}))
+def _test_names(sources: list[str], entry_point: str, prelude: str | None, declared: tuple[str, ...],
+                provided: set[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(names the driver takes from the program: the entry point, then the declared ones; modules the driver
+    imports for the tests). A free name of the tests that is neither is refused: the tests must import it."""
+    refused = sorted(name for name in declared if name in JUDGE_MODULES or name in _BUILTINS)
+    if refused:
+        kind = "module" if refused[0] in JUDGE_MODULES else "builtin"
+        raise JobValidationError(f"`{refused[0]}` is a {kind}: the tests' own, never taken from the program "
+                                 "(remove it from program_names)")
+    from_prelude = defined_names_of(prelude) if prelude else set()
+    program = (entry_point, *dict.fromkeys(name for name in declared if name != entry_point))
+    modules: set[str] = set()
+    unknown: set[str] = set()
+    for source in sources:
+        free = _free_names(symtable.symtable(source, "<tests>", "exec")) - _BUILTINS - provided - from_prelude - set(program)
+        modules |= free & JUDGE_MODULES
+        if not _star_imports(source):  # a star import (the driver's own) may define any name: nothing to refuse
+            unknown |= free - JUDGE_MODULES
+    if unknown:
+        listed = ", ".join(f"`{name}`" for name in sorted(unknown)[:5])
+        raise JobValidationError(f"the tests use {listed} without defining or importing "
+                                 f"{'them' if len(unknown) > 1 else 'it'}: import it in the tests (the driver takes "
+                                 "nothing from the program but `entry_point` and the job's `program_names`)")
+    return program, tuple(sorted(modules))
 
 
-def _free_globals(table: symtable.SymbolTable) -> set[str]:
-    names: set[str] = set()
-    for child in table.get_children():
-        names |= {s.get_name() for s in child.get_symbols() if s.is_global() and s.is_referenced()}
-        names |= _free_globals(child)
-    if table.get_type() == "module":
-        names |= {s.get_name() for s in table.get_symbols() if s.is_referenced() and not s.is_assigned()
-                  and not s.is_imported()}
-    return names
+def _free_names(table: symtable.SymbolTable) -> set[str]:
+    """Global names the code reads but never binds at module level (nor through a ``global`` statement)."""
+    referenced, bound = set(), set()
+    stack = [table]
+    while stack:
+        scope = stack.pop()
+        stack.extend(scope.get_children())
+        module = scope.get_type() == "module"
+        for symbol in scope.get_symbols():
+            name = symbol.get_name()
+            if module or symbol.is_global():
+                if (module or symbol.is_declared_global()) and (symbol.is_assigned() or symbol.is_imported()):
+                    bound.add(name)
+                if symbol.is_referenced():
+                    referenced.add(name)
+    return referenced - bound
+
+
+def _star_imports(source: str) -> bool:
+    return any(isinstance(node, ast.ImportFrom) and any(alias.name == "*" for alias in node.names)
+               for node in ast.walk(ast.parse(source)))
 
 
 def _defined_names(statements: list[ast.stmt]) -> set[str]:

@@ -9,6 +9,7 @@ ends the run); ``timeout`` only when nothing failed before time ran out.
 
 from __future__ import annotations
 
+from sandbox.harness.accounting import overcharged
 from sandbox.harness.messages import Captured, SampleReport, TestOutcome
 from sandbox.models import CaseOutput, JobResult, TestResult, TestStatus, Verdict
 from sandbox.plan import PreparedJob
@@ -19,9 +20,14 @@ MESSAGE_CHARS = 300
 
 
 def to_result(prepared: PreparedJob, report: SampleReport, runtime: str, sandbox_id: str = "",
-              attempts: int = 1, anomalies: tuple[str, ...] = (), timings: dict[str, float] | None = None) -> JobResult:
+              attempts: int = 1, anomalies: tuple[str, ...] = (), timings: dict[str, float] | None = None,
+              container_cpu_s: float | None = None, others_charged_s: float = 0.0) -> JobResult:
+    """``container_cpu_s``: what the host gave the sandbox's container over the batch (its cgroup; None if
+    unknown), ``others_charged_s``: what the batch's other samples were charged: a timeout charged more than
+    that leaves is the machine's load, not the program's, and is not final."""
     tests, verdict, error = _decide(prepared, report)
-    return JobResult(
+    provisional = _provisional(prepared, report, container_cpu_s, others_charged_s) if verdict is Verdict.timeout else ""
+    return JobResult(provisional=provisional,
         job_id=prepared.job.id, verdict=verdict, tests=tests, error=error[:2000],
         stdout=report.stdout, stderr=report.stderr, stdout_truncated=report.stdout_truncated,
         stderr_truncated=report.stderr_truncated, wall_time_s=report.wall_s, cpu_time_s=report.cpu_s,
@@ -39,9 +45,21 @@ def whole_job_result(prepared: PreparedJob, verdict: Verdict, status: TestStatus
                      metadata=prepared.job.metadata, runtime=prepared.policy.runtime)
 
 
+def _provisional(prepared: PreparedJob, report: SampleReport, container_cpu_s: float | None,
+                 others_charged_s: float) -> str:
+    """Why a timeout may be the machine's load rather than the program ("" when it is final)."""
+    if _time_limit(report) == "wall":
+        return "stopped by a wall-clock limit, which the machine's load moves"
+    return overcharged(report.cpu_s, report.wall_s, prepared.policy.cpus, container_cpu_s, others_charged_s)
+
+
 def _time_limit(report: SampleReport) -> str:
     """Which clock stopped a timed-out sample: its own budget's, or else the first stdio case's that ran out."""
     return report.time_limit or next((o.limit for o in report.judged.outcomes if o.limit), "")
+
+
+# a test the sample failed by itself: the verdict is failed, whatever else went wrong after
+_SAMPLE_FAILURES = {TestStatus.failed, TestStatus.error, TestStatus.output_limit, TestStatus.memory_limit}
 
 
 def _all(prepared: PreparedJob, status: TestStatus, message: str) -> tuple[TestResult, ...]:
@@ -67,12 +85,12 @@ def _decide(prepared: PreparedJob, report: SampleReport) -> tuple[tuple[TestResu
             return _all(prepared, TestStatus.timeout, reason), Verdict.timeout, reason
         reason = judged.sample_fault or f"the program ended its process while loading{exit_note}"
         return _all(prepared, TestStatus.not_run, reason), Verdict.error, reason
-    if judged.test_fault:
+    if judged.test_fault and not judged.outcomes:
         reason = f"the problem's tests are broken: {judged.test_fault}"
         return _all(prepared, TestStatus.not_run, reason), Verdict.error, reason
     tests = _tests(prepared, report)
     statuses = {test.status for test in tests}
-    if statuses & {TestStatus.failed, TestStatus.error, TestStatus.output_limit, TestStatus.memory_limit}:
+    if statuses & _SAMPLE_FAILURES:
         late = " (and later ran out of time)" if report.time_limit else ""
         return tests, Verdict.failed, (judged.unsupported or judged.stopped) + late
     if report.time_limit:
@@ -80,6 +98,9 @@ def _decide(prepared: PreparedJob, report: SampleReport) -> tuple[tuple[TestResu
         return tests, Verdict.timeout, f"{limit} time limit exceeded"
     if TestStatus.timeout in statuses:  # a stdio case ran out of its own time: nothing else failed
         return tests, Verdict.timeout, next(t.message for t in tests if t.status is TestStatus.timeout)
+    if judged.test_fault:  # the problem's checker failed on some cases and the sample failed none of the others:
+        reason = f"the problem's tests are broken: {judged.test_fault}"  # not passed, not the sample's fault
+        return tests, Verdict.error, reason
     if judged.sample_fault:
         return tests, Verdict.error, judged.sample_fault + exit_note
     if judged.unsupported:
@@ -92,7 +113,9 @@ def _decide(prepared: PreparedJob, report: SampleReport) -> tuple[tuple[TestResu
 def _tests(prepared: PreparedJob, report: SampleReport) -> tuple[TestResult, ...]:
     judged = report.judged
     by_index: dict[int, TestOutcome] = {o.index: o for o in judged.outcomes}
-    if judged.completed:
+    if judged.test_fault:  # cases the problem's checker failed to judge
+        unreached = (TestStatus.not_run, f"not judged: {judged.test_fault}")
+    elif judged.completed:
         unreached = (TestStatus.skipped, "the test program completed without reaching this test")
     elif report.time_limit:
         unreached = (TestStatus.timeout, "time limit exceeded before this test ran")

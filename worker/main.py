@@ -25,7 +25,8 @@ import docker.errors
 import psutil
 import redis
 import requests.exceptions
-from rq import SimpleWorker
+from rq import Queue, SimpleWorker
+from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from sandbox import broker
@@ -39,6 +40,7 @@ from sandbox.pool import SandboxPool
 from sandbox.reaper import reap_orphans, remove_own
 from sandbox.runner import Runner
 from sandbox.settings import Settings
+from sandbox.signing import CacheSigner, load_signer
 from worker.tasks import WorkerContext, install
 
 log = logging.getLogger("sandbox.worker")
@@ -191,28 +193,49 @@ def housekeeping(context: WorkerContext, pool: SandboxPool, queues: list[str], s
         stop.wait(context.settings.heartbeat_s)
 
 
-def preflight(settings: Settings) -> tuple[dict[str, Any], docker.DockerClient, str, redis.Redis]:
-    """What a worker needs before it can serve: policies, the engine with its runtimes, the image, Redis.
-    Raises ``SandboxError`` or ``redis.RedisError``, which ``main`` turns into one line with the fix."""
+def preflight(settings: Settings) -> tuple[dict[str, Any], docker.DockerClient, str, redis.Redis, CacheSigner]:
+    """What a worker needs before it can serve: policies, the engine with its runtimes, the image, Redis,
+    the cache-signing key. Raises ``SandboxError`` or ``redis.RedisError``, which ``main`` turns into one
+    line with the fix."""
     policies = load_all_policies(settings.policies_dir)
     client = docker_client()
     require_runtimes(client, {policy.runtime for policy in policies.values()})
     image = require_image(client, settings.images_dir)
+    signer = load_signer(settings)
     connection = broker.connect(settings.redis_url)
     connection.ping()
-    return policies, client, image, connection
+    return policies, client, image, connection, signer
+
+
+class BatchWorker(SimpleWorker):
+    """RQ's worker, serving this service's task and nothing else. Whoever can enqueue writes the RQ job
+    hash, function name, callbacks and webhooks included: a job that names anything but ``run_batch``
+    with one payload, or asks for callbacks, webhooks, retries or dependencies, is failed unrun, so
+    enqueueing never runs code (or sends requests) on the worker's host."""
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        problem = broker.foreign_job(job)
+        if problem is None:
+            super().execute_job(job, queue)
+            return
+        log.error("refused RQ job %s: %s", job.id, problem)
+        job.webhooks = []
+        job._success_callback_name = job._failure_callback_name = job._stopped_callback_name = None
+        job.retries_left = None
+        job._dependency_ids = []
+        self.handle_job_failure(job, queue, exc_string=f"refused by the sandbox worker: {problem}")
 
 
 def serve(settings: Settings, queues: list[str], burst: bool, canary_policy: str, health_port: int) -> None:
     owner = owner_id()
-    policies, client, image, connection = preflight(settings)
+    policies, client, image, connection, signer = preflight(settings)
     try:
         reap_orphans(client, lambda owner: broker.worker_alive(connection, owner))
     except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:  # housekeeping retries it
         log.warning("could not sweep orphaned sandboxes at start-up: %s", exc)
     pool = SandboxPool(client, owner, max_runs=settings.sandbox_max_runs)
     runner = Runner(pool, Planner(policies, settings.images_dir), infra_attempts=settings.infra_attempts)
-    context = WorkerContext(runner=runner, connection=connection, settings=settings, owner=owner)
+    context = WorkerContext(runner=runner, connection=connection, settings=settings, owner=owner, signer=signer)
     stop = threading.Event()
     health = Health(settings.heartbeat_s)
     if health_port:
@@ -245,7 +268,7 @@ def serve(settings: Settings, queues: list[str], burst: bool, canary_policy: str
 def _work(settings: Settings, connection: redis.Redis, owner: str, queues: list[str], burst: bool) -> None:
     """Run RQ's loop; if Redis goes away, wait for it and carry on."""
     while True:
-        worker = SimpleWorker([broker.queue(connection, name) for name in queues], connection=connection,
+        worker = BatchWorker([broker.queue(connection, name) for name in queues], connection=connection,
                               serializer=JSONSerializer, name=f"sandbox-{owner}-{time.monotonic_ns()}")
         try:
             worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")

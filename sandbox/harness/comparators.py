@@ -7,14 +7,19 @@ rules are here under their own names so a paper's numbers can be reproduced:
 * ``exact``: byte for byte (after decoding as UTF-8).
 * ``lines``: trailing whitespace on each line and trailing blank lines ignored (most online judges).
 * ``tokens``: the whitespace-separated tokens are equal.
-* ``float``: tokens equal, or both numbers within ``tolerance`` (absolute or relative).
+* ``float``: tokens equal, or both numbers within ``tolerance`` (absolute or relative). A number is
+  what testlib's ``readDouble`` reads (``stringToDouble``): ASCII digits with an optional sign, point and
+  exponent, nothing else (no ``nan``, ``inf``, hex, ``_`` separators or other scripts' digits, all of which
+  Python's ``float()`` would take); other tokens must be equal as text.
 * ``apps``: the APPS reference harness's rules (hendrycks/apps ``eval/testing_util.py``), in order:
   whole outputs equal after stripping; lines equal after dropping empty ones and stripping each;
   every line a float and ``numpy.allclose``; each line's *set* of tokens equal (order within a line
-  and duplicates ignored), also after rounding numbers to 3 decimals.
+  and duplicates ignored), also after rounding numbers to 3 decimals. Numbers are what Python's
+  ``float()`` reads, as in that harness (``1_0`` and fullwidth digits included): kept on purpose.
 * ``livecodebench``: LiveCodeBench's rules (``lcb_runner/evaluation/testing_util.py``): outputs
   stripped, split into lines, each line stripped; same number of lines; each line equal, or all
-  its tokens parse as decimals and the decimals are equal.
+  its tokens parse as decimals and the decimals are equal (``decimal.Decimal``, as that harness parses
+  them: it too takes ``1_0`` and other scripts' digits).
 
 Call-based: ``exact`` (equal with exact types all the way down: ``True`` is not ``1`` nor ``1.0``;
 a returned tuple counts as a list), ``apps`` (Python's ``==``, as the APPS harness compares, also
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import decimal
 import math
+import re
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -76,16 +82,24 @@ def tokens(output: str, expected: str, tolerance: float) -> Verdict:
     return False, _first_difference(got, want).replace("line", "token")
 
 
+# testlib's stringToDouble: only [0-9.eE+-], at least one digit, the whole token read by sscanf("%lf"), and
+# NaN refused; i.e. this grammar, in ASCII ([0-9], never \d, which matches any script's digits). Overflow reads as
+# an infinity there (HUGE_VAL) and here (float()).
+_TESTLIB_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def testlib_number(token: str) -> float | None:
+    """The token as testlib's ``readDouble`` reads it, or None where testlib reads no number."""
+    return float(token) if _TESTLIB_NUMBER.fullmatch(token) else None
+
+
 def _close(a: str, b: str, tolerance: float) -> bool:
     if a == b:
         return True
-    try:
-        x, y = float(a), float(b)
-    except ValueError:
+    x, y = testlib_number(a), testlib_number(b)
+    if x is None or y is None:
         return False
-    if math.isnan(x) or math.isnan(y):
-        return math.isnan(x) and math.isnan(y)
-    if math.isinf(x) or math.isinf(y):
+    if math.isinf(x) or math.isinf(y):  # no NaN reaches here: the grammar has no letters
         return x == y
     return abs(x - y) <= tolerance or abs(x - y) <= tolerance * max(abs(x), abs(y))
 

@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import builtins
 import copy
+import ctypes
 import dataclasses
+import gc
 import json
+import mmap
 import os
 import random
 import signal
@@ -452,6 +455,14 @@ class FunctionJudge:
         self.tests, self.job = tests, job
         self.prelude = compile(tests.prelude, "<prompt>", "exec") if tests.prelude else None
         self.units = [compile(unit.source, TEST_FILENAME, "exec") for unit in tests.units]
+        # modules the tests use unimported are the driver's own, never the program's (names the host checked)
+        self.modules: dict[str, Any] = {}
+        self.module_fault = ""
+        for name in tests.modules:
+            try:
+                self.modules[name] = __import__(name)
+            except BaseException as exc:  # the tests' fault: say it for every sample
+                self.module_fault = f"the tests use the module {name!r}, which the sandbox cannot import: {describe(exc)}"
 
     def judge(self, sample_id: str, link: SampleLink | None, control: Control) -> messages.Judged:
         assert link is not None
@@ -468,7 +479,9 @@ class FunctionJudge:
         if names[tests.entry_point] is MISSING:
             return messages.Judged(sample_id=sample_id, load="missing_entry_point",
                                    load_error=f"the program does not define {tests.entry_point!r}")
-        namespace: dict[str, Any] = {"__name__": "__test__", "__builtins__": builtins}
+        if self.module_fault:
+            return messages.Judged(sample_id=sample_id, load="loaded", test_fault=self.module_fault)
+        namespace: dict[str, Any] = {"__name__": "__test__", "__builtins__": builtins, **self.modules}
         random.seed(20_210_707)  # tests that draw random inputs draw the same ones for every sample
         if self.prelude is not None:
             try:
@@ -623,14 +636,23 @@ class StdioJudge:
     def __init__(self, tests: messages.StdioTests, job: messages.DriverJob) -> None:
         self.tests, self.job = tests, job
         self.compare = comparators.STDIO[tests.comparator]
-        self.checker = None
-        if tests.checker is not None:
+        self.checker: Callable[..., Any] | None = None
+        self.checker_fault = ""  # the problem's checker cannot be used: said for every sample, blamed on none
+        if tests.checker is not None:  # loaded once, in the template: each sample's judge is a fresh fork of it
             scope: dict[str, Any] = {"__name__": "__checker__", "__builtins__": builtins}
-            exec(compile(tests.checker, "<checker>", "exec"), scope)
-            self.checker = scope.get("check")
+            try:
+                exec(compile(tests.checker, "<checker>", "exec"), scope)
+            except BaseException as exc:
+                self.checker_fault = f"the checker failed to load: {describe(exc)}"
+            else:
+                self.checker = scope["check"] if callable(scope.get("check")) else None
+                if self.checker is None:
+                    self.checker_fault = "the checker does not define check(input, output, expected)"
 
     def judge(self, sample_id: str, link: SampleLink | None, control: Control) -> messages.Judged:
-        log, stopped = CaseLog(), ""
+        if self.checker_fault:
+            return messages.Judged(sample_id=sample_id, load="loaded", test_fault=self.checker_fault)
+        log, stopped, unjudged = CaseLog(), "", []
         for index, case in enumerate(self.tests.cases):
             control.send(messages.RunCase(op="run_case", index=index))
             header, _, stdout = control.receive()
@@ -638,6 +660,9 @@ class StdioJudge:
             if run.compile_error:
                 return messages.Judged(sample_id=sample_id, load="program_error", load_error=clean(run.compile_error, 3000))
             status, message = self.verdict(case, run, stdout)
+            if status == UNJUDGED:  # the problem's checker failed on this case: no outcome, nothing charged
+                unjudged.append(f"case {index + 1}: {message}")
+                continue
             # the case's own clock; a spent sample budget is the sample's time_limit, not the case's
             case_limit = run.limit if status == "timeout" and run.limit in ("cpu", "wall") else ""
             captured = None
@@ -652,8 +677,10 @@ class StdioJudge:
             if status != "passed" and self.job.stop_on_first_failure:
                 stopped = f"case {index + 1} did not pass"
                 break
-        return messages.Judged(sample_id=sample_id, load="loaded", outcomes=tuple(log.outcomes),
-                               completed=len(log.outcomes) == len(self.tests.cases) and not stopped, stopped=stopped)
+        test_fault = "; ".join(unjudged[:3]) + (f"; and {len(unjudged) - 3} more case(s)" if len(unjudged) > 3 else "")
+        return messages.Judged(sample_id=sample_id, load="loaded", outcomes=tuple(log.outcomes), stopped=stopped,
+                               completed=len(log.outcomes) + len(unjudged) == len(self.tests.cases) and not stopped,
+                               test_fault=clean(test_fault, 1000))
 
     def verdict(self, case: messages.StdioCase, run: messages.CaseRun, stdout: bytes) -> tuple[str, str]:
         if run.limit == "sample":
@@ -680,16 +707,54 @@ class StdioJudge:
             return "passed", ""
         output = stdout.decode("utf-8", "surrogateescape")
         if self.checker is not None:
-            try:
-                verdict = self.checker(case.input, output, case.output)
-            except Exception as exc:  # the checker refused what the program printed
-                return "failed", f"the checker rejected the output: {describe(exc)}"
-            passed, why = verdict if isinstance(verdict, tuple) else (bool(verdict), "")
-            return ("passed", "") if passed else ("failed", f"wrong answer (checker): {why}")
+            return self.check(case, output)
         if case.output is None:
             return "error", "the case has no expected output and the problem no checker"
         passed, why = self.compare(output, case.output, self.tests.float_tolerance)
         return ("passed", "") if passed else ("failed", f"wrong answer: {why}")
+
+    def check(self, case: messages.StdioCase, output: str) -> tuple[str, str]:
+        """The problem's checker on one case's data, under its own CPU budget (``judge_cpu_time_s`` per case).
+
+        A checker that raises an ``Exception`` rejects the output (a checker reading a number where the program
+        printed words raises); one that runs past its budget, or raises what no checker means as a verdict
+        (``SystemExit``...), failed by itself: the case is ``UNJUDGED``, the problem's fault, not the sample's."""
+        budget = self.job.judge_cpu_time_s
+        timer = {"armed": True, "fired": False}
+
+        def expire(signum: int, frame: Any) -> None:
+            if timer["armed"]:
+                timer["fired"] = True
+                raise CheckerOverrun()
+
+        previous = signal.signal(signal.SIGPROF, expire)
+        try:
+            try:
+                signal.setitimer(signal.ITIMER_PROF, budget, 0.05)  # again every 50 ms if the checker swallows it
+                verdict = self.checker(case.input, output, case.output)  # type: ignore[misc]
+                passed, why = verdict if type(verdict) is tuple else (verdict, "")
+                passed, why = bool(passed), str(why)
+            finally:
+                timer["armed"] = False
+                signal.setitimer(signal.ITIMER_PROF, 0, 0)
+        except Exception as exc:  # the checker refused what the program printed
+            outcome = ("failed", f"the checker rejected the output: {describe(exc)}")
+        except BaseException as exc:
+            outcome = (UNJUDGED, "" if timer["fired"] else f"the problem's checker raised {describe(exc)}")
+        else:
+            outcome = ("passed", "") if passed else ("failed", f"wrong answer (checker): {why}")
+        finally:
+            signal.signal(signal.SIGPROF, previous)
+        if timer["fired"]:  # whatever it returned after its budget ran out (it may have swallowed the timer)
+            return UNJUDGED, f"the problem's checker ran past its CPU budget of {budget:g} s"
+        return outcome
+
+
+class CheckerOverrun(BaseException):
+    """A checker's CPU budget for one case ran out (raised by its timer; not an ``Exception``)."""
+
+
+UNJUDGED = "unjudged"  # a case the problem's own checker failed to judge: the problem's fault
 
 
 # Said in every passing inline result: the verdict rests on what the program's own process did.
@@ -732,15 +797,57 @@ JUDGES: dict[str, Any] = {"check": FunctionJudge, "snippets": FunctionJudge, "ca
 
 
 def main() -> None:
+    """The template: loads the tests once, then forks a pristine judge per sample and never sees sample data.
+
+    Nothing a sample's values do to a judge (a careless test or checker that evaluates what it printed or
+    returned can be made to run its code) outlives that sample: the judge's process ends with it, and so do
+    processes it started (this template is their subreaper and kills them) before the report is passed on,
+    so no leftover can take the next sample's request from the control socket or answer in its name."""
     boot = protocol.FrameReader(BOOT_FD, 1 << 30).read()
     os.close(BOOT_FD)
     job = messages.from_dict(messages.DriverJob, json.loads(boot or b"{}"))
     judge = JUDGES[job.tests.form](job.tests, job)
     control = Control(CONTROL_FD)
     sys.setrecursionlimit(10_000)
+    _prctl(PR_SET_DUMPABLE, 0)          # no judge (same uid) may read or write this template's memory
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)   # whatever a judge leaves running comes back here to be ended
+    mailbox = mmap.mmap(-1, MAILBOX_BYTES)  # shared with each judge: its report, passed on once it has ended
+    template = os.getpid()
+    gc.collect()
+    gc.freeze()  # a judge's collections skip the template's objects: fewer pages copied per fork
     while True:
         header, fds, _ = control.receive()
-        request = messages.from_dict(messages.Judge, header)
+        try:
+            request = messages.from_dict(messages.Judge, header)
+        except messages.MessageError:  # a case's run meant for a judge that has ended: nobody asks for it now
+            for fd in fds:
+                os.close(fd)
+            continue
+        mailbox[:8] = bytes(8)
+        pid = os.fork()
+        if pid == 0:
+            _judge_one(judge, job, request, fds, control, mailbox, template)  # never returns
+        for fd in fds:
+            os.close(fd)
+        _, status = os.waitpid(pid, 0)
+        _end_leftovers()
+        size = int.from_bytes(mailbox[:8], "big")
+        if 0 < size <= messages.JUDGED_MAX_BYTES:
+            data = mailbox[8:8 + size]
+            mailbox[8:8 + size] = bytes(size)
+        else:
+            data = fitted(_unreported(job, request.sample_id, os.waitstatus_to_exitcode(status)))
+        control.socket.sendall(data)
+
+
+def _judge_one(judge: Any, job: messages.DriverJob, request: messages.Judge, fds: list[int], control: Control,
+               mailbox: mmap.mmap, template: int) -> None:
+    """A judge of exactly one sample, forked from the template; ends the process, never returns."""
+    code = 1
+    try:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the template ended (the supervisor stopped it): so does this
+        if os.getppid() != template:
+            return
         link = SampleLink(fds[0], fds[1], job.reply_max_bytes) if fds else None
         try:
             report = judge.judge(request.sample_id, link, control)
@@ -750,4 +857,64 @@ def main() -> None:
         finally:
             if link is not None:
                 link.close()
-        control.send_report(report)
+        data = fitted(report)
+        mailbox[8:8 + len(data)] = data
+        mailbox[:8] = len(data).to_bytes(8, "big")
+        code = 0
+    except BaseException:
+        try:
+            traceback.print_exc()
+        except BaseException:
+            pass
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except BaseException:
+                pass
+        os._exit(code)
+
+
+def _unreported(job: messages.DriverJob, sample_id: str, status: int) -> messages.Judged:
+    """What the template says for a judge that ended without a report."""
+    how = f"killed by signal {-status}" if status < 0 else f"exit status {status}"
+    if job.tests.form == "stdio" and job.tests.checker is not None:  # nothing else of the problem's ran there
+        return messages.Judged(sample_id=sample_id, load="loaded",
+                               test_fault=f"the problem's checker ended the test driver's process ({how})")
+    return messages.Judged(sample_id=sample_id, load="loaded",
+                           sample_fault=f"the test driver's process ended while judging this sample ({how})")
+
+
+def _end_leftovers() -> None:
+    """Kill and reap every process a judge left behind (they are this template's children now)."""
+    me = os.getpid()
+    deadline = time.monotonic() + LEFTOVER_DEADLINE_S
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0]:
+                continue
+        except ChildProcessError:
+            return  # no child left
+        if time.monotonic() > deadline:  # unreachable but for a kernel fault: never take a request with one alive
+            os._exit(3)
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                try:
+                    with open(f"/proc/{name}/stat", "rb") as handle:
+                        stat = handle.read()
+                    if int(stat[stat.rindex(b")") + 2:].split()[1]) == me:
+                        os.kill(int(name), signal.SIGKILL)
+                except (OSError, ValueError):
+                    pass
+        time.sleep(0.001)
+
+
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = 1, 4, 36
+MAILBOX_BYTES = 8 + messages.JUDGED_MAX_BYTES
+LEFTOVER_DEADLINE_S = 3.0
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _prctl(option: int, value: int) -> None:
+    if _libc.prctl(option, value, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), f"prctl({option}, {value}) failed")

@@ -40,6 +40,7 @@ class Limits:
     compile_memory_mib: int = 1024     # address space of each compiler process
     compile_output_max_bytes: int = 65536  # compiler messages kept
     build_max_bytes: int = 64 << 20    # what a compile step may leave in out/ for the runs
+    cpus: float = 1.0                  # the sandbox's CPUs: what its tasks' charged CPU is bounded by, per interval
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,9 @@ class FunctionTests:
     form: Literal["check", "snippets"]
     entry_point: str
     prelude: Optional[str]             # the problem's trusted prompt, run by the driver
-    program_names: tuple[str, ...]     # names the tests take from the program
+    program_names: tuple[str, ...]     # names the tests take from the program: the entry point and declared ones
     units: tuple[TestUnit, ...]
+    modules: tuple[str, ...] = ()      # modules the tests use without importing: the driver's own imports
 
 
 @dataclass(frozen=True)
@@ -260,6 +262,14 @@ class Failure:
     message: str
 
 
+@dataclass(frozen=True)
+class Refused:
+    """The supervisor could not take a request (too large, or not a request): no program of it has run."""
+
+    op: Literal["refused"]
+    message: str
+
+
 # -- supervisor <-> zygote ------------------------------------------------------------------------
 ProcessKind = Literal["program", "driver"]
 
@@ -305,6 +315,7 @@ class DriverJob:
     tests: Tests
     stop_on_first_failure: bool
     reply_max_bytes: int
+    judge_cpu_time_s: float            # stdio: a checker's CPU budget per case (a checker past it is the problem's fault)
 
 
 @dataclass(frozen=True)

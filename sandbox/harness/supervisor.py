@@ -39,6 +39,7 @@ from typing import Any, Iterable
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+import accounting  # noqa: E402
 import hardening  # noqa: E402
 import messages  # noqa: E402
 import protocol  # noqa: E402
@@ -53,6 +54,7 @@ READ_CHUNK = 65536
 CPU_POLL_S = 0.1
 EXIT_GRACE_S = 0.5               # for a program to flush its output after the driver's "end"
 DRIVER_GRACE_S = 2.0             # for the driver to report after its sample was stopped
+JUDGE_MARGIN_S = 1.0             # stdio: the driver's own work on a case, beyond its checker's budget
 SWEEP_DEADLINE_S = 3.0           # a uid whose processes are not all gone by then taints the sandbox
 WIPE_DEADLINE_S = 5.0
 FORK_DEADLINE_S = 60.0           # the zygote must deliver a fork within this, or the sandbox is given up
@@ -165,6 +167,24 @@ def processes_of(uid: int, zombies: bool = False) -> dict[int, Seen]:
             if state is not None and state.state not in ended:
                 found[pid] = state
     return found
+
+
+def survey(uid: int) -> tuple[dict[int, Seen], dict[int, float]]:
+    """The processes of ``uid`` not yet reaped (zombies included), and the own CPU (raw ticks) of every other
+    process in the sandbox (the zygote, spares, drivers and judges): what the sandbox's CPUs gave besides. Not
+    this supervisor's: its work (reading a program's output and its processes) is the program's doing, and
+    counted as another's it would let a program that floods its output shrink its own share."""
+    mine: dict[int, Seen] = {}
+    others: dict[int, float] = {}
+    for pid, owner in uids().items():
+        state = seen(pid)
+        if state is None or state.state == "X":
+            continue
+        if owner == uid:
+            mine[pid] = state
+        else:
+            others[pid] = state.cpu
+    return mine, others
 
 
 def cpu_of(pid: int) -> float:
@@ -309,60 +329,99 @@ def started_word(status: Capture) -> messages.Started | None:
 def harvest_build(root: str, max_bytes: int) -> dict[str, tuple[int, bytes]] | str:
     """What a compile step left under ``root``, read as root from a directory its uid controlled: regular
     files and directories only (links and anything else skipped), never followed, bounded in number and size.
-    The build, or why it cannot be used (the program's fault: its compile step made it so)."""
+    The build, or why it cannot be used (the program's fault: its compile step made it so).
+
+    No link is ever followed, ``root`` itself included: each entry is taken relative to its directory's open
+    descriptor (``_take``), and a directory is read only once root holds it (owner and mode changed on its
+    own descriptor)."""
     found: dict[str, tuple[int, bytes]] = {}
     total, entries = 0, 0
-    pending = [""]
-    while pending:
-        folder = pending.pop()
-        try:
-            here = os.path.join(root, folder)
-            os.lchown(here, 0, 0)
-            os.chmod(here, 0o700)
-            listing = list(os.scandir(here))
-        except OSError:
-            return "the compile step left no output" if not folder else f"cannot read {folder!r} of the build"
-        for entry in listing:  # the compile uid's processes are gone: its files are taken back (root has no DAC
-            entries += 1       # override), never followed
+    parent_path, top = os.path.split(root)
+    try:
+        parent = os.open(parent_path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return "the compile step left no output"
+    try:
+        first = _take(parent, top, "dir")
+    finally:
+        os.close(parent)
+    if first is None:
+        return "the compile step left no output"
+    pending: list[tuple[str, int]] = [("", first)]
+    try:
+        while pending:
+            folder, fd = pending.pop()
             try:
-                os.lchown(entry.path, 0, 0)
-            except OSError:
-                continue
-            if entries > BUILD_MAX_ENTRIES:
-                return f"the build has more than {BUILD_MAX_ENTRIES} files"
-            name = os.path.join(folder, entry.name)
-            if entry.is_dir(follow_symlinks=False):
-                if name.count("/") < 32:
-                    pending.append(name)
-                continue
-            if not entry.is_file(follow_symlinks=False):
-                continue
-            try:
-                mode = entry.stat(follow_symlinks=False).st_mode
-                os.chmod(entry.path, 0o400 | (mode & 0o111))
-                fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-            except OSError:
-                continue
-            try:
-                info = os.fstat(fd)
-                if not stat_is_regular(info.st_mode) or total + info.st_size > max_bytes:
-                    if stat_is_regular(info.st_mode):
+                try:
+                    names = os.listdir(fd)
+                except OSError:
+                    return f"cannot read {folder!r} of the build"
+                for entry in names:
+                    entries += 1
+                    if entries > BUILD_MAX_ENTRIES:
+                        return f"the build has more than {BUILD_MAX_ENTRIES} files"
+                    name = os.path.join(folder, entry)
+                    if name.count("/") >= 32:
+                        continue
+                    child = _take(fd, entry, "any")
+                    if child is None:
+                        continue  # a link, a fifo, a socket, or gone: skipped, never followed
+                    info = os.fstat(child)
+                    if stat_is_directory(info.st_mode):
+                        pending.append((name, child))
+                        continue
+                    try:
+                        if total + info.st_size > max_bytes:
+                            return f"the build is larger than {max_bytes >> 20} MiB"
+                        chunks, size = [], 0
+                        while size <= info.st_size:
+                            chunk = os.read(child, 1 << 20)
+                            if not chunk:
+                                break
+                            chunks.append(chunk)
+                            size += len(chunk)
+                    finally:
+                        os.close(child)
+                    total += size
+                    if total > max_bytes:
                         return f"the build is larger than {max_bytes >> 20} MiB"
-                    continue
-                chunks, size = [], 0
-                while size <= info.st_size:
-                    chunk = os.read(fd, 1 << 20)
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-                    size += len(chunk)
+                    found[name] = (0o555 if info.st_mode & 0o111 else 0o444, b"".join(chunks))
             finally:
                 os.close(fd)
-            total += size
-            if total > max_bytes:
-                return f"the build is larger than {max_bytes >> 20} MiB"
-            found[name] = (0o555 if info.st_mode & 0o111 else 0o444, b"".join(chunks))
+    finally:
+        for _, fd in pending:
+            os.close(fd)
     return found if found else "the compile step left no output"
+
+
+def _take(directory: int, name: str, wanted: str) -> int | None:
+    """Take back one entry of a directory root holds (open by ``directory``; only root can change it now): its
+    owner is changed without following it (root has no DAC override: the owner's bits must become root's), its
+    type is read without following, its mode is set only if it is a regular file or a directory, and it is
+    opened ``O_NOFOLLOW`` and checked to be the inode that was looked at. A descriptor (the caller closes it),
+    or None for anything else (a link is never followed, whatever it points at). ``wanted``: "dir" or "any"."""
+    try:
+        os.chown(name, 0, 0, dir_fd=directory, follow_symlinks=False)
+        before = os.stat(name, dir_fd=directory, follow_symlinks=False)
+        if stat_is_directory(before.st_mode):
+            mode, flags = 0o700, os.O_RDONLY | os.O_DIRECTORY
+        elif stat_is_regular(before.st_mode) and wanted == "any":
+            mode, flags = 0o400 | (before.st_mode & 0o111), os.O_RDONLY | os.O_NONBLOCK
+        else:
+            return None
+        os.chmod(name, mode, dir_fd=directory)  # not a link (just seen, in a directory nobody else can change)
+        fd = os.open(name, flags | os.O_NOFOLLOW, dir_fd=directory)
+    except OSError:
+        return None
+    after = os.fstat(fd)
+    if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino) or after.st_uid != 0:
+        os.close(fd)
+        return None
+    return fd
+
+
+def stat_is_directory(mode: int) -> bool:
+    return (mode & 0o170000) == 0o040000
 
 
 def stat_is_regular(mode: int) -> bool:
@@ -419,8 +478,8 @@ class Zygote:
 class Program:
     """A process of the zygote's for one program run: its own uid and scratch, from spare to exit."""
 
-    def __init__(self, uid: int, scratch: str, pid: int, fds: list[int], output_cap: int) -> None:
-        self.uid, self.scratch, self.pid = uid, scratch, pid
+    def __init__(self, uid: int, scratch: str, pid: int, fds: list[int], output_cap: int, cpus: float = 1.0) -> None:
+        self.uid, self.scratch, self.pid, self.cpus = uid, scratch, pid, cpus
         stdin, boot, self.request_w, self.reply_r, out, err = fds
         self.unbooted = [stdin, boot]  # handed to writers at boot
         self.out, self.err = Capture(output_cap), Capture(output_cap)
@@ -433,6 +492,11 @@ class Program:
         self.gone_cpu = 0.0              # CPU of its processes that ended where no process of its own reaped them
         self.main_cpu = 0.0              # its first process's, with its reaped children's, at the last poll
         self.polled_cpu = 0.0            # all of it, the harness's part included (known for sure only later)
+        # gVisor's figures are ticks of runnable time: what counts is bounded by the sandbox's CPUs (accounting.py)
+        self.capacity = accounting.Capacity(cpus, time.monotonic())
+        self.curve = accounting.Curve()  # raw figure -> charged CPU, as polled
+        self.others_seen: dict[int, float] = {}  # every other process's raw CPU at the last poll
+        self.rlimit_s = 0                # RLIMIT_CPU beyond the harness's part: a backstop, not the budget
         self.exited: messages.Exited | None = None
         self.limit = ""                # which limit stopped it
         self.stopped_at = 0.0
@@ -446,10 +510,14 @@ class Program:
         self.started = time.monotonic()
         # The fork of a big interpreter costs a spare 0.1-0.2 s of CPU under gVisor (copy-on-write faults, more
         # with more runnable tasks): the harness's cost, read here before any of the program exists, is not its.
-        self.boot_cpu = cpu_of(self.pid)
+        mine, self.others_seen = survey(self.uid)
+        self.boot_cpu = mine[self.pid].cpu if self.pid in mine else 0.0
+        self.capacity = accounting.Capacity(self.cpus, self.started)
+        self.curve = accounting.Curve(self.boot_cpu)
         self.cpu_limit, self.wall_limit = cpu_s, wall_s
+        self.rlimit_s = accounting.rlimit_cpu_s(cpu_s, wall_s)
         self.out.cap = out_cap
-        boot = messages.ProgramBoot(mode=mode, source=source, cpu_s=int(cpu_s) + 1, apps_wrap=apps_wrap,  # type: ignore[arg-type]
+        boot = messages.ProgramBoot(mode=mode, source=source, cpu_s=self.rlimit_s, apps_wrap=apps_wrap,  # type: ignore[arg-type]
                                     argv=argv, files=files, memory_bytes=memory_bytes, env=env, guard=guard)
         stdin_fd, boot_fd = self.unbooted
         self.unbooted = []
@@ -468,8 +536,9 @@ class Program:
         self.request_w = self.reply_r = -1
 
     def account(self) -> None:
-        """CPU of all its processes: theirs, their reaped children's, and that of processes gone since."""
-        live = processes_of(self.uid, zombies=True)  # a child never waited for keeps its CPU in its own stat
+        """CPU of all its processes: theirs, their reaped children's, and that of processes gone since; the
+        increment since the last poll charged as far as the sandbox's CPUs could have given it."""
+        live, others = survey(self.uid)  # a child never waited for keeps its CPU in its own stat
         for pid, last in self.live.items():
             if pid != self.pid and pid not in live and not self._reaped_within(last, live):
                 self.gone_cpu += last.cpu + last.reaped_cpu  # nobody of its own will count it: we do
@@ -477,8 +546,12 @@ class Program:
             self.main_cpu = live[self.pid].cpu + live[self.pid].reaped_cpu
         self.live = live
         main = self.exited.cpu_s if self.exited else self.main_cpu  # the zygote's wait4: final, not polled
-        others = sum(s.cpu + s.reaped_cpu for pid, s in live.items() if pid != self.pid)
-        self.polled_cpu = max(self.polled_cpu, self.gone_cpu + main + others)
+        self.polled_cpu = max(self.polled_cpu, self.gone_cpu + main + sum(
+            s.cpu + s.reaped_cpu for pid, s in live.items() if pid != self.pid))
+        grown = sum(max(0.0, cpu - self.others_seen.get(pid, 0.0)) for pid, cpu in others.items())
+        self.others_seen = others
+        charged = self.capacity.share(time.monotonic(), self.polled_cpu - self.curve.raw, grown)
+        self.curve.add(self.polled_cpu, charged)
 
     def settle(self, zygote_pid: int) -> int:
         """Stop every process of the program and count their CPU while they are zombies, before anything
@@ -523,17 +596,25 @@ class Program:
         return clean(word.error or "does not compile", 3000) if word is not None and not word.ok else ""
 
     def exited_cpu(self) -> float:
-        """Its first process's CPU (with its reaped children's) by the zygote's wait4, less the harness's part."""
+        """Its first process's raw figure (with its reaped children's) by the zygote's wait4, less the harness's
+        part: what RLIMIT_CPU counted."""
         return max(0.0, self.exited.cpu_s - self.harness_cpu) if self.exited else 0.0
 
     def rlimit_fired(self, status: int) -> bool:
-        """Whether a kill by SIGXCPU/SIGKILL was RLIMIT_CPU's, before the supervisor's poll saw the limit."""
-        return status in (-signal.SIGXCPU, -signal.SIGKILL) and self.exited_cpu() >= self.cpu_limit - 0.05
+        """Whether a kill by SIGXCPU/SIGKILL was RLIMIT_CPU's backstop, before the supervisor's poll saw a limit."""
+        return status in (-signal.SIGXCPU, -signal.SIGKILL) and self.exited_cpu() >= self.rlimit_s - 0.05
+
+    def raw_s(self) -> float:
+        """gVisor's own figure for the program (runnable ticks of all its processes), the harness's part left out."""
+        raw = max(self.polled_cpu, self.exited.cpu_s if self.exited else 0.0)
+        return max(0.0, raw - self.harness_cpu)
 
     def cpu_s(self) -> float:
-        """The program's CPU: the harness's part is taken off when read, never when polled (a poll may come
-        before the harness has said how much was its own)."""
-        return max(0.0, self.polled_cpu - self.harness_cpu, self.exited_cpu())
+        """The program's CPU: its raw figure's increments as far as the sandbox's CPUs could have given them
+        (``accounting.Capacity``). The harness's part is taken off when read, never when polled (a poll may
+        come before the harness has said how much was its own)."""
+        raw = max(self.polled_cpu, self.exited.cpu_s if self.exited else 0.0)
+        return self.curve.between(self.harness_cpu, raw)
 
     def done(self) -> bool:
         """Exited and its output read to the end."""
@@ -563,6 +644,14 @@ class Driver:
         self.exit_status: int | None = None
         self.cpu_base = 0.0
 
+    def cpu(self) -> float:
+        """CPU of this driver (the template) and of the judges it forked, one per sample, reaped or not."""
+        own = seen(self.pid)
+        if own is None:
+            return 0.0
+        judges = [state.cpu for state in processes_of(self.uid, zombies=True).values() if state.ppid == self.pid]
+        return own.cpu + own.reaped_cpu + sum(judges)
+
     def start(self, job: messages.DriverJob) -> None:
         assert self.boot_fd is not None
         self.writer = Writer(self.boot_fd, framed(json.dumps(messages.to_dict(job)).encode()))
@@ -590,6 +679,31 @@ class Driver:
                 os.kill(self.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        end_judges(self.uid, self.pid)
+
+
+def end_judges(uid: int, template: int) -> None:
+    """Kill and reap a driver's judges and what they started: its children, and once it is gone, the orphans
+    they become (ours, as PID 1). The slot's spare driver has the same uid but the zygote for parent: spared."""
+    deadline = time.monotonic() + SWEEP_DEADLINE_S
+    while True:
+        found = {pid: state for pid, state in processes_of(uid, zombies=True).items() if state.ppid in (template, _ME)}
+        if not found:
+            return
+        for pid, state in found.items():
+            if state.ppid == _ME:
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+            if state.state != "Z":
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        if time.monotonic() > deadline:
+            raise Tainted(f"{len(found)} process(es) of a test driver survived {SWEEP_DEADLINE_S:.0f} s of SIGKILL")
+        time.sleep(0.002)
 
 
 class Run:
@@ -605,6 +719,7 @@ class Run:
         self.time_limit = ""
         self.stopped_at = self.judged_at = 0.0
         self.cpu_done = 0.0                       # stdio: CPU of the cases already run
+        self.ticks_done = 0.0                     # ... and gVisor's raw figure for them (runnable ticks)
         self.max_rss_kib = 0
         self.exit_status: int | None = None
         self.leftovers: list[str] = []
@@ -676,7 +791,7 @@ class Supervisor:
         kind, what, asked = self.pending.pop(message.token)
         if kind == "program":
             uid, scratch = what
-            program = Program(uid, scratch, message.pid, fds, self.limits.output_max_bytes)
+            program = Program(uid, scratch, message.pid, fds, self.limits.output_max_bytes, self.limits.cpus)
             program.fork_s = time.monotonic() - asked
             self.programs[program.pid] = program
             self.spares.append(program)
@@ -710,7 +825,8 @@ class Supervisor:
             raise Tainted("a batch asked for other limits than this sandbox was started with")
         self.request = request
         self.job = messages.DriverJob(tests=request.tests, stop_on_first_failure=request.stop_on_first_failure,
-                                      reply_max_bytes=request.limits.reply_max_bytes)
+                                      reply_max_bytes=request.limits.reply_max_bytes,
+                                      judge_cpu_time_s=request.limits.judge_cpu_time_s)
         stdio = request.tests.form in ("stdio", "inline")  # the supervisor runs the program per case
         pending = deque(request.samples)
         reports: list[SampleReport] = []
@@ -887,7 +1003,7 @@ class Supervisor:
         elif self.toolchain is not None and not self.toolchain.native:
             self.begin_build(run)
         try:
-            driver.cpu_base = cpu_of(driver.pid)
+            driver.cpu_base = driver.cpu()
             driver.send(messages.Judge(op="judge", sample_id=sample.id), fds)
         except OSError:
             run.judge_fault, run.judged_at = driver.describe_death(), time.monotonic()
@@ -1029,6 +1145,7 @@ class Supervisor:
 
     def tell_case(self, run: Run, report: CaseRun, stdout: bytes) -> None:
         try:
+            run.driver.cpu_base = run.driver.cpu()  # stdio: the driver's budget is per case's output it judges
             run.driver.send(report, payload=stdout)
         except OSError:
             self.driver_gone(run, run.driver.describe_death())
@@ -1084,9 +1201,15 @@ class Supervisor:
         program = run.program
         if now >= run.next_poll:  # CPU, polled: the program's processes, and the driver judging them
             run.next_poll = now + CPU_POLL_S
-            if cpu_of(run.driver.pid) - run.driver.cpu_base > run.limits.judge_cpu_time_s:
+            if not run.stdio and run.driver.cpu() - run.driver.cpu_base > run.limits.judge_cpu_time_s:
                 self.driver_gone(run, f"judging this sample's values took the test driver more than "
                                       f"{run.limits.judge_cpu_time_s:g} s of CPU")
+                return False
+            # stdio: the driver judges one case's output at a time (bounded): its work is the problem's checker's
+            if run.stdio and run.driver.cpu() - run.driver.cpu_base > run.limits.judge_cpu_time_s + JUDGE_MARGIN_S:
+                what = f"judging case {run.case + 1}'s output" if run.case >= 0 else "loading the problem's checker"
+                self.problem_gone(run, f"{what} took the test driver more than {run.limits.judge_cpu_time_s + JUDGE_MARGIN_S:g}"
+                                       f" s of CPU (a checker's budget is {run.limits.judge_cpu_time_s:g} s a case)")
                 return False
             if program is not None and not program.limit:
                 program.account()
@@ -1125,6 +1248,7 @@ class Supervisor:
         self.release(run, program)
         run.program = None
         run.cpu_done += program.cpu_s()
+        run.ticks_done += program.raw_s()
         if not program.limit and program.cpu_s() >= program.cpu_limit:  # counted in full only once settled
             program.limit = "cpu"
         elif not program.limit and run.cpu_done >= run.limits.cpu_time_s:
@@ -1141,6 +1265,13 @@ class Supervisor:
 
     def driver_gone(self, run: Run, reason: str) -> None:
         run.judge_fault, run.judged_at = reason, time.monotonic()
+        driver = self.drivers.pop(run.slot, None)
+        if driver is not None:
+            driver.close()
+
+    def problem_gone(self, run: Run, reason: str) -> None:
+        """The driver is stopped for what the problem's own code did: the sample is not charged with it."""
+        run.judged, run.judged_at = Judged(sample_id=run.sample.id, load="loaded", test_fault=reason), time.monotonic()
         driver = self.drivers.pop(run.slot, None)
         if driver is not None:
             driver.close()
@@ -1190,7 +1321,7 @@ class Supervisor:
                     run.exit_status = os.waitstatus_to_exitcode(program.exited.status)
                     if not run.time_limit and program.rlimit_fired(run.exit_status):
                         run.time_limit = "cpu"
-                run.cpu_done = program.cpu_s()
+                run.cpu_done, run.ticks_done = program.cpu_s(), program.raw_s()
                 if not run.time_limit and run.cpu_done >= program.cpu_limit:  # counted in full only once settled
                     run.time_limit = "cpu"
             run.program = None
@@ -1199,8 +1330,8 @@ class Supervisor:
         if run.judge_fault:
             judged = Judged(sample_id=run.sample.id, load=judged.load)
         end = run.stopped_at or run.judged_at or time.monotonic()
-        run.timings.update(running_s=end - run.started, finishing_s=time.monotonic() - finishing,
-                           driver_cpu_s=max(0.0, cpu_of(run.driver.pid) - run.driver.cpu_base))
+        run.timings.update(running_s=end - run.started, finishing_s=time.monotonic() - finishing, cpu_ticks_s=run.ticks_done,
+                           driver_cpu_s=max(0.0, run.driver.cpu() - run.driver.cpu_base))
         return SampleReport(id=run.sample.id, judged=judged, judge_fault=clean(run.judge_fault, 1000),
                             time_limit=run.time_limit, exit_status=run.exit_status,  # type: ignore[arg-type]
                             cpu_s=round(run.cpu_s(), 4), wall_s=round(end - run.started, 4), max_rss_kib=run.max_rss_kib,
@@ -1261,13 +1392,17 @@ def main() -> None:
     supervisor = Supervisor(hello.limits, hello.slots)
     send(messages.Ready(op="ready", kernel=os.uname().release, python=sys.version.split()[0]))
     while True:
-        frame = protocol.read_frame(stdin)
+        try:
+            frame = protocol.read_frame(stdin)
+        except protocol.FrameError as exc:  # too large or not JSON: nothing of it ran, and the stream is lost
+            send(messages.Refused(op="refused", message=clean(f"request refused: {exc}", 1000)))
+            return
         if frame is None or frame.get("op") == "exit":
             return
         try:
             request = messages.from_dict(BatchRequest, frame)
         except messages.MessageError as exc:
-            send(messages.Failure(op="error", message=f"bad request: {exc}"))
+            send(messages.Refused(op="refused", message=clean(f"bad request: {exc}", 1000)))
             continue
         try:
             reply = supervisor.run_batch(request)

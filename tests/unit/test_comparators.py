@@ -73,3 +73,42 @@ def test_a_wrong_answer_says_where() -> None:
 ])
 def test_call_comparators(name: str, result: object, expected: object, verdict: bool) -> None:
     assert comparators.CALLS[name](result, expected)[0] is verdict
+
+
+# -- numbers as the claimed judges read them ----------------------------------------------------------
+@pytest.mark.parametrize("output, expected, verdict", [
+    ("1_0", "10", False),            # Python's float() reads 10; testlib's readDouble reads no number
+    ("１０", "10", False),            # fullwidth digits: float() reads 10
+    ("٣", "3", False),               # Arabic-Indic digit
+    ("1e1", "10", True),
+    ("+10", "10", True),
+    (".5", "0.5", True),
+    ("5.", "5", True),
+    ("-.5e+1", "-5", True),
+    ("1e", "1", False),              # sscanf would stop before the 'e': the token is not a number
+    ("0x10", "16", False),           # hex: letters are not allowed
+    ("infinity", "inf", False),      # neither reads as a number in testlib: text, and unequal
+    ("NaN", "nan", False),
+    ("1e999", "2e999", True),        # both overflow to +infinity (sscanf's HUGE_VAL), equal as testlib has it
+    ("1e999", "-1e999", False),
+    ("1.0000001", "1_0.0000001", False),
+])
+def test_float_reads_numbers_as_testlib_does(output: str, expected: str, verdict: bool) -> None:
+    assert passes("float", output, expected) is verdict
+
+
+@pytest.mark.parametrize("token, value", [("10", 10.0), ("-0.5", -0.5), ("1E+2", 100.0), ("1_0", None), ("１", None),
+                                          ("nan", None), ("inf", None), ("", None), ("1 ", None), ("1\n", None),
+                                          ("--1", None), ("1.2.3", None), ("e5", None)])
+def test_testlib_number_grammar(token: str, value: float | None) -> None:
+    assert comparators.testlib_number(token) == value
+
+
+def test_apps_and_livecodebench_keep_their_harnesses_number_parsing() -> None:
+    # The APPS harness compares all-number outputs by numpy.allclose over Python's float() of each line, and
+    # LiveCodeBench by decimal.Decimal of each token; both read '1_0' and fullwidth digits as numbers. Matching
+    # those harnesses means accepting what they accept.
+    assert passes("apps", "1_0\n", "10\n")
+    assert passes("apps", "１０\n", "10\n")
+    assert passes("livecodebench", "1_0\n", "10\n")
+    assert not passes("float", "1_0\n", "10\n")

@@ -12,13 +12,14 @@ from sandbox.errors import JobValidationError, PolicyError
 from sandbox.harness import comparators
 from sandbox.harness.messages import NONCE_MARK
 from sandbox.languages import LANGUAGES, _body_end, images_by_name, language
+from sandbox.lexer import mask
 from sandbox.models import JobSpec
 from sandbox.plan import Planner, batch_request
 from sandbox.policy import Policy, load_all_policies
 from sandbox.problems import Sample, load_problems, sample_job
 
 REPO = Path(__file__).resolve().parents[2]
-DATA = REPO.parent / "shared" / "data" / "languages"
+DATA = REPO / "tests" / "data" / "languages"
 
 
 def test_every_entry_names_an_image_definition_and_answers_to_its_aliases() -> None:
@@ -74,7 +75,8 @@ def test_a_job_is_planned_with_its_language_toolchain_and_image() -> None:
 
 def test_body_end_skips_strings_characters_and_comments() -> None:
     text = 'int main(){ f("}"); char c = \'}\'; /* } */ // }\n g(); }\nrest'
-    assert text[_body_end(text, 0)] == "}" and text[_body_end(text, 0) + 1:] == "\nrest"
+    end = _body_end(mask(text, "c"), 0)
+    assert text[end] == "}" and text[end + 1:] == "\nrest"
     assert _body_end("int main() { never closed", 0) == -1
 
 
@@ -89,15 +91,18 @@ def test_c_finale_renames_main_returns_zero_and_prints_the_nonce_after_the_tests
 
 
 def test_java_finale_finds_the_class_of_main_in_the_program_or_the_tests() -> None:
-    tests, _ = language("java").finale("    }\n    public static void main(String[] args) {\n  assert f() == 1;\n }\n}\n",  # type: ignore[misc]
-                                       "class Problem {\n    static int f() {\n")
+    java = language("java")
+    code = "    }\n    public static void main(String[] args) {\n  assert f() == 1;\n }\n}\n"
+    owner = java.facts(code, "class Problem {\n    static int f() {\n")  # type: ignore[misc]
+    tests, _ = java.finale(code, owner)  # type: ignore[misc]
     assert "public static void sandboxTestsMain(String[] args)" in tests and "Problem.sandboxTestsMain(args)" in tests
     assert language("java").source_layout("public final class Solve {}") == ("Solve.java", "Solve")
     assert language("java").source_layout("class A {}", inline=True) == ("Main.java", "SandboxFinale")
 
 
 def test_go_finale_resets_test_flags_in_the_programs_package() -> None:
-    tests, [(name, text)] = language("go").finale("func TestX(t *testing.T) {}", "package has_close_elements_test\n")  # type: ignore[misc]
+    go, code = language("go"), "func TestX(t *testing.T) {}"
+    tests, [(name, text)] = go.finale(code, go.facts(code, "package has_close_elements_test\n"))  # type: ignore[misc]
     assert name == "sandbox_finale_test.go" and text.startswith("package has_close_elements_test\n")
     assert "sandboxos.Args = sandboxos.Args[:1]" in text and 'sandboxflag.Set("test.run", "")' in text
     assert text.index("sandboxflag.Set") < text.index("m.Run()") < text.index(NONCE_MARK)
@@ -128,7 +133,6 @@ def test_inline_rules_need_status_zero_and_the_nonce_and_silent_needs_nothing_el
     assert silent(0, "N\n", "Assertion failed", "N")[0] is False
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason="the shared data set is not on this machine")
 def test_humaneval_x_programs_are_assembled_as_codegeex_assembles_them() -> None:
     cpp = load_problems(DATA / "humaneval-x" / "humaneval_cpp.jsonl.gz")
     first = cpp["CPP/0"]

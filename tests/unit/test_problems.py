@@ -88,3 +88,47 @@ def test_filtered_pass_at_k_counts_only_samples_that_pass_the_examples() -> None
     assert score.filtered[0].value == pytest.approx((pass_at_k(2, 1, 1) + 0.0) / 2)
     assert score.filtered[1].value == pytest.approx((pass_at_k(2, 1, 2) + 0.0) / 2)
     assert filtered_pass_at_k({"a": (1, 1)}, 5).value == 1.0  # fewer than k left: all of them count
+
+
+TACO_COLUMNS = ("question", "solutions", "starter_code", "input_output", "difficulty", "raw_tags", "name", "source",
+                "tags", "skill_types", "url", "Expected Auxiliary Space", "time_limit", "date", "picture_num",
+                "memory_limit", "Expected Time Complexity")  # BAAI/TACO's columns: no problem_id, no id
+
+
+def taco_row(apps_row: dict[str, object], **fields: object) -> dict[str, object]:
+    """A real APPS row of the developers' set in TACO's published shape (its columns; HF stores input_output and
+    solutions as JSON text)."""
+    row = {"question": apps_row["question"], "solutions": json.dumps(apps_row["solutions"]),
+           "starter_code": apps_row["starter_code"], "input_output": json.dumps(apps_row["input_output"]),
+           "difficulty": "MEDIUM", "raw_tags": "[]", "name": None, "source": "codeforces", "tags": "[]",
+           "skill_types": "[]", "url": apps_row["url"], "Expected Auxiliary Space": None, "time_limit": "1 second",
+           "date": "2020-10-04", "picture_num": "0", "memory_limit": "256 megabytes", "Expected Time Complexity": None}
+    assert set(row) == set(TACO_COLUMNS)
+    return {**row, **fields}
+
+
+def test_taco_files_as_published_are_read_with_ids_from_their_rows_or_lines(tmp_path: Path) -> None:
+    rows = [json.loads(line) for line in (STDIO_DATA / "apps_codechain_minival.jsonl").read_text().splitlines()[:4]]
+    taco = tmp_path / "taco.jsonl"
+    taco.write_text("\n".join(json.dumps(row) for row in [
+        taco_row(rows[0]),                                   # no id at all: named by its line, 1
+        taco_row(rows[1], task_id="taco/17"),                # an id the file carries is used
+        taco_row(rows[2], name="Bargain"),                   # TACO's own `name`, when filled
+        taco_row(rows[3], name="  "),                        # blank: the line number again, 4
+    ]) + "\n")
+    problems = load_problems(taco)   # before: every line refused, "task_id: String should have at least 1 character"
+    assert list(problems) == ["1", "taco/17", "Bargain", "4"]
+    first = problems["1"]
+    expected = rows[0]["input_output"]
+    assert isinstance(expected, dict)
+    assert first.stdio is not None and len(first.stdio.cases) == len(expected["inputs"])
+    assert first.stdio.comparator == "apps" and first.canonical_solutions == tuple(rows[0]["solutions"])
+    sample = Sample(task_id="taco/17", completion="print(1)\n")
+    assert sample_job(5, sample, problems["taco/17"], "stdio").metadata["task_id"] == "taco/17"
+
+
+def test_apps_ids_come_from_the_first_field_that_has_one(tmp_path: Path) -> None:
+    row = json.loads((STDIO_DATA / "apps_codechain_minival.jsonl").read_text().splitlines()[0])
+    path = tmp_path / "apps.jsonl"
+    path.write_text(json.dumps({**row, "task_id": "APPS/5"}) + "\n" + json.dumps({**row, "problem_id": 7}) + "\n")
+    assert list(load_problems(path)) == ["APPS/5", "7"]   # task_id first; before, task_id was ignored
