@@ -221,10 +221,13 @@ def mount(app: FastAPI, service: Service, grouper: Grouper, config: object) -> N
 
     async def settle(record: Record, future: asyncio.Future[CaseAnswer]) -> None:
         record.status_id = 2
-        answer = await future
-        fill(record, answer)
-        record.finished_at = datetime.now(timezone.utc).replace(tzinfo=None)
-        record.done.set()
+        try:
+            fill(record, await future)
+        except Exception as exc:  # never leave a waiting caller (or a poller) hanging: the service's own failure
+            record.status_id, record.message = 13, f"internal error: {type(exc).__name__}: {exc}"
+        finally:
+            record.finished_at = datetime.now(timezone.utc).replace(tzinfo=None)
+            record.done.set()
 
     def create(request: SubmissionRequest) -> Record | dict[str, list[str]]:
         key = program_key(request)
