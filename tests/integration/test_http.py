@@ -70,11 +70,11 @@ class Stack:
         return requests.post(f"{self.sf}/run_code", json=body, timeout=timeout)
 
 
-def _start_worker(redis_server: RedisServer, client: docker.DockerClient, log: Path) -> Worker:
+def _start_worker(redis_server: RedisServer, client: docker.DockerClient, log: Path, pins: list[Any]) -> Worker:
     """A worker on freshly built images. Other checkouts on this machine build their own harness's images and
     prune older tags that no container uses: build again and retry if ours went away before it started."""
     for _ in range(5):
-        _build(client, "python")
+        _build(client, "python", pins)
         worker = Worker(redis_server.url, log)
         try:
             worker.wait_ready(redis.Redis.from_url(redis_server.url), timeout_s=300)
@@ -85,12 +85,15 @@ def _start_worker(redis_server: RedisServer, client: docker.DockerClient, log: P
     raise RuntimeError(f"the worker did not start: {log.read_text()[-2000:]}")
 
 
-def _build(client: docker.DockerClient, name: str) -> None:
+def _build(client: docker.DockerClient, name: str, pins: list[Any]) -> None:
+    """Build the image and pin it with a stopped container (removed by id at the end): other checkouts on this
+    machine build their harness's images and prune older tags that no container uses."""
     for _ in range(5):
         try:
-            build_image(client, load_definition(REPO_ROOT / "images", name), say=lambda _: None)
+            tag = build_image(client, load_definition(REPO_ROOT / "images", name), say=lambda _: None)
+            pins.append(client.containers.create(tag, command=["true"], labels={"io.sandbox-exec.test-pin": "http"}))
             return
-        except docker.errors.NotFound:  # pruned by another checkout's build between our import and our tag
+        except docker.errors.NotFound:  # pruned by another checkout's build between our import and our pin
             continue
     raise RuntimeError(f"could not keep the {name} image built")
 
@@ -98,13 +101,14 @@ def _build(client: docker.DockerClient, name: str) -> None:
 @pytest.fixture(scope="module")
 def stack(client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     directory = tmp_path_factory.mktemp("http")
-    _build(client, "gcc")
+    pins: list[Any] = []
+    _build(client, "gcc", pins)
     redis_server = RedisServer(directory)
     redis_server.start()
     worker = server = None
     log = (directory / "server.log").open("ab")
     try:
-        worker = _start_worker(redis_server, client, directory / "worker.log")
+        worker = _start_worker(redis_server, client, directory / "worker.log", pins)
         port = free_port()
         env = {**os.environ, "SANDBOX_REDIS_URL": redis_server.url, "SANDBOX_SERVE_TOKEN": TOKEN}
         server = subprocess.Popen([sys.executable, "-m", "sandbox.cli", "serve", "--port", str(port)], env=env,
@@ -130,6 +134,8 @@ def stack(client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory)
         if worker is not None:
             worker.close()
         redis_server.stop()
+        for pin in pins:
+            pin.remove(force=True)
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +245,7 @@ ATTACKS = {
     "memory bomb": ("x = bytearray(4 << 30)\nprint(len(x))", 5),
     "output flood": ("import sys\nsys.stdout.write('y' * (10 << 20))", 5),
     "infinite loop": ("while True:\n    pass", 1),
-    "forged expected output": ("print('3')\nimport os\nos._exit(0)", 5),
+    "forged expected output": ("print('3', flush=True)\nimport os\nos._exit(0)", 5),
     "write outside scratch": ("open('/etc/forged', 'w').write('x')", 5),
 }
 
@@ -326,7 +332,7 @@ def test_verl_apps_problems_concurrently_match_sequential(stack: Stack, verl_sf:
     same scores as one at a time, and far fewer jobs than requests (grouping)."""
     with (REPO_ROOT / "tests/data/stdio/apps_codechain_minival.jsonl").open() as lines:
         rows = [json.loads(line) for line in lines]
-    problems = [row for row in rows if not row["input_output"].get("fn_name")][:4]
+    problems = [row for row in rows if not row["input_output"].get("fn_name") and len(row["input_output"]["inputs"]) >= 10][:4]
     url = f"{stack.sf}/run_code"
     work = [(f"```python\n{row['solutions'][0]}\n```", {"inputs": row["input_output"]["inputs"][:10],
                                                        "outputs": row["input_output"]["outputs"][:10]})
@@ -380,7 +386,7 @@ def test_judge0_failures(stack: Stack, j0: judge0.Client) -> None:
     assert exited.status == judge0.Status.RUNTIME_ERROR_NZEC and exited.exit_code == 3
     crashed = judge0.run(client=j0, source_code="int main(){ *(volatile int*)0 = 1; return 0; }", language=judge0.CPP)
     assert crashed.status == judge0.Status.RUNTIME_ERROR_SIGSEGV and crashed.exit_signal == 11
-    forged = judge0.run(client=j0, source_code="print('3')\nimport os\nos._exit(0)", language=judge0.PYTHON,
+    forged = judge0.run(client=j0, source_code="print('3', flush=True)\nimport os\nos._exit(0)", language=judge0.PYTHON,
                         stdin="1 2", expected_output="4")
     assert forged.status == judge0.Status.WRONG_ANSWER  # the expected output never reached the program
 
