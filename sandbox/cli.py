@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import re
 import sys
 from pathlib import Path
@@ -245,10 +246,23 @@ def run(settings: Settings, job_file: Path | None, code: Path | None, tests_file
     require_runtimes(client, {prepared.policy.runtime})
     require_image(client, settings.images_dir, prepared.language.image, prepared.language.name)
     pool = SandboxPool(client, owner_id(), warm=False)
+
+    def interrupted(signum: int, frame: Any) -> None:  # SIGTERM, SIGHUP: end like Ctrl-C, removing the sandbox
+        for other in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(other, signal.SIG_IGN)  # once: the cleanup below must not be cut short itself
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    for number in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, interrupted)
     try:
         result = next(Runner(pool, planner, infra_attempts=settings.infra_attempts).iter_prepared([prepared]))
+    except KeyboardInterrupt:
+        fail("interrupted: no verdict (the sandbox is removed on the way out)")
     finally:
         pool.close()
+        from sandbox.reaper import remove_own
+
+        remove_own(client, owner_id())  # one interrupted mid-start is in no pool: every container of ours goes
     click.echo(result.model_dump_json(indent=2) if as_json else format_result(result))
     sys.exit(0 if result.passed else 1)
 
@@ -618,8 +632,8 @@ def _print_score(score: Any, reruns: int, confirmed: int) -> None:
         click.echo("  (filtered: only samples that pass the public examples count; a problem none passes scores 0)")
     if score.ranked_pass_at_1 is not None:
         click.echo(f"  ranked pass@1 (highest mean log-probability per problem): {score.ranked_pass_at_1:.4f}")
-    click.echo(f"  {score.timeouts} sample(s) failed no test but ran out of time; {reruns} stopped by the wall-clock "
-               f"backstop ran once more ({confirmed} timed out again)")
+    click.echo(f"  {score.timeouts} sample(s) failed no test but ran out of time; {reruns} whose timeout the machine's load "
+               f"may have caused ran once more ({confirmed} timed out again)")
     if score.infra_errors:
         click.secho(f"  {score.infra_errors} sample(s) hit infrastructure errors and are left out of n", fg="magenta")
 

@@ -129,7 +129,8 @@ class Submission:
             self._fresh.add(job.id)
 
     def _pull(self, wanted: int) -> None:
-        """Read jobs from the source until ``wanted`` batches are full (or it ends); answer cached ones at once."""
+        """Read jobs from the source until ``wanted`` batches are full (or it ends); copies of this submission's
+        finished work are answered at once, copies of work in flight wait for it."""
         size = self.client.settings.batch_size
         while self._added:
             item = self._added.popleft()
@@ -182,8 +183,8 @@ class Submission:
                 time.sleep(1)  # Redis restarting: nothing is lost, the jobs not yet sent are still ours
                 continue
             while self._ready:
-                last_progress = time.monotonic()
                 yield self._ready.popleft()
+                last_progress = time.monotonic()  # idle is time spent waiting for results, not the caller's time
             if not self._outstanding:
                 if self._source is None and not self._batches and not self._added:
                     return
@@ -205,6 +206,7 @@ class Submission:
                 if key and self._reuse and (result.reused or broker.cacheable(result)):
                     self._remember(key, result)
                 yield result
+                last_progress = time.monotonic()
                 copies = self._copies.pop(result.job_id, [])
                 self._held_copies -= len(copies)
                 if not broker.cacheable(result) and not result.reused:  # not final: each copy is judged itself

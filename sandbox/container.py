@@ -176,9 +176,12 @@ class Sandbox:
         except (requests.exceptions.RequestException, OSError) as exc:
             self.close()
             raise InfrastructureError(f"docker engine unreachable: {exc}") from exc
+        except BaseException:  # interrupted (SIGTERM of `sandbox run`): the container must not outlive us
+            self.close()
+            raise
         try:
             self._handshake()
-        except Exception:
+        except BaseException:
             self.close()
             raise
 
@@ -242,8 +245,8 @@ class Sandbox:
         assert self._socket is not None
         data = protocol.pack(message)
         if len(data) - protocol.HEADER.size > protocol.MAX_FRAME_BYTES:  # the supervisor could not read it
-            raise SandboxRefused(f"a request of {len(data)} bytes is more than the {protocol.MAX_FRAME_BYTES} a frame "
-                                 "may carry: nothing was sent")
+            raise SandboxRefused(f"request refused: {len(data)} bytes is more than the {protocol.MAX_FRAME_BYTES} a "
+                                 "frame may carry; nothing was sent, no program ran")
         try:
             self._socket.sendall(data)
         except OSError as exc:

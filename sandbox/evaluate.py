@@ -124,8 +124,9 @@ def evaluate(client: Client, problems: dict[str, Problem], samples_path: Path, t
                 submission.add([again.model_copy(update={"id": job_id + RERUN})])
                 reruns += 1
                 continue
+            rerun_because = ""
             if job_id in first_try:
-                del first_try[job_id]
+                rerun_because = first_try.pop(job_id).provisional
                 confirmed += result.verdict is Verdict.timeout
             order, sample, completion_id = pending.pop(job_id)
             problem = problems[sample.task_id]
@@ -133,16 +134,20 @@ def evaluate(client: Client, problems: dict[str, Problem], samples_path: Path, t
             reused += result.reused
             tally.add(Outcome(sample.task_id, result.verdict is Verdict.passed, result.verdict is Verdict.infra_error,
                               sample.mean_logp()), public, timed_out=result.verdict is Verdict.timeout)
-            rows.put(order, _row(sample, result, completion_id, public, rerun=result.job_id.endswith(RERUN)))
+            rows.put(order, _row(sample, result, completion_id, public, rerun_because))
     return Evaluation(tally.score(options.ks), sum(completion_ids.values()), reruns, confirmed, reused)
 
 
-def _row(sample: Sample, result: JobResult, completion_id: int, public: bool | None, rerun: bool) -> dict[str, Any]:
+def _row(sample: Sample, result: JobResult, completion_id: int, public: bool | None,
+         rerun_because: str) -> dict[str, Any]:
+    """One sample's row; ``rerun_because``: why its first run's timeout was not final (it ran once more)."""
     row = {**sample.model_dump(), "completion_id": completion_id, "result": human_eval_result(result),
            "passed": result.verdict is Verdict.passed, "verdict": result.verdict.value,
            "tests": [{"name": t.name, "status": t.status.value} for t in result.tests],
-           "wall_time_s": result.wall_time_s, "cpu_time_s": result.cpu_time_s, "reruns": int(rerun),
-           "time_limit": result.time_limit, "reused": result.reused}
+           "wall_time_s": result.wall_time_s, "cpu_time_s": result.cpu_time_s, "reruns": int(bool(rerun_because)),
+           "time_limit": result.time_limit, "reused": result.reused, "provisional": result.provisional}
+    if rerun_because:
+        row["rerun_because"] = rerun_because
     if public is not None:
         row["passed_public"] = public
     return row

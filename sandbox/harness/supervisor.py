@@ -31,6 +31,7 @@ import os
 import select
 import signal
 import socket
+import struct
 import sys
 import time
 from collections import OrderedDict, deque
@@ -50,6 +51,7 @@ SHM = "/dev/shm"
 FIRST_PROGRAM_UID = 100_000      # programs: 100000, 100001, ... never reused in one sandbox
 LAST_PROGRAM_UID = 1_000_000
 JUDGE_UID = 2_000                # drivers: 2000 + slot
+CREDENTIALS = struct.Struct("iII")  # SCM_CREDENTIALS: pid, uid, gid of a message's sender
 READ_CHUNK = 65536
 CPU_POLL_S = 0.1
 EXIT_GRACE_S = 0.5               # for a program to flush its output after the driver's "end"
@@ -216,10 +218,10 @@ def kill_uid(uid: int, zygote_pid: int, reap_zombies: bool = True) -> int:
     found: set[int] = set()
     while True:
         present = processes_of(uid, zombies=True)
-        if reap_zombies:
-            reap([pid for pid, state in present.items() if state.state == "Z"], zygote_pid)
         alive = [pid for pid, state in present.items() if state.state != "Z"]
-        if not alive:
+        if not alive:  # zombies are reaped only now: each still holds its place under RLIMIT_NPROC, so while the
+            if reap_zombies:  # sweep lasts, every process killed is one a fork bomb cannot replace
+                reap([pid for pid, state in present.items() if state.state == "Z"], zygote_pid)
             return len(found)
         if time.monotonic() > deadline:
             raise Tainted(f"{len(alive)} process(es) of uid {uid} survived {SWEEP_DEADLINE_S:.0f} s of SIGKILL")
@@ -361,14 +363,15 @@ def harvest_build(root: str, max_bytes: int) -> dict[str, tuple[int, bytes]] | s
                     if entries > BUILD_MAX_ENTRIES:
                         return f"the build has more than {BUILD_MAX_ENTRIES} files"
                     name = os.path.join(folder, entry)
-                    if name.count("/") >= 32:
-                        continue
                     child = _take(fd, entry, "any")
                     if child is None:
                         continue  # a link, a fifo, a socket, or gone: skipped, never followed
                     info = os.fstat(child)
                     if stat_is_directory(info.st_mode):
-                        pending.append((name, child))
+                        if name.count("/") < 32:
+                            pending.append((name, child))
+                        else:
+                            os.close(child)
                         continue
                     try:
                         if total + info.st_size > max_bytes:
@@ -638,6 +641,10 @@ class Driver:
         boot, control, stderr = fds
         self.boot_fd: int | None = boot
         self.control = socket.socket(fileno=control)
+        # each message says who sent it: a report counts only from the template (this pid), which passes one on
+        # only once its judge and everything the judge started have ended; a judge (a careless test may run a
+        # sample's code there) that sent one itself and lived on would take the next sample's request and answer it
+        self.control.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.stderr_fd: int | None = stderr
         self.stderr = Capture(DRIVER_STDERR_BYTES)
         self.writer: Writer | None = None
@@ -1081,9 +1088,12 @@ class Supervisor:
         if driver is None:
             return
         try:
-            data = driver.control.recv(8 << 20)
+            data, ancillary, _, _ = driver.control.recvmsg(8 << 20, socket.CMSG_SPACE(CREDENTIALS.size))
         except OSError:
-            data = b""
+            data, ancillary = b"", []
+        sender = next((CREDENTIALS.unpack(cmsg[2][:CREDENTIALS.size])[0] for cmsg in ancillary
+                       if cmsg[:2] == (socket.SOL_SOCKET, socket.SCM_CREDENTIALS) and len(cmsg[2]) >= CREDENTIALS.size),
+                      None)
         run = self.runs.get(slot)
         if not data:
             self.driver_died(slot)
@@ -1101,6 +1111,8 @@ class Supervisor:
                         self.run_case(run, request.index)
                 return
             judged = messages.from_dict(Judged, raw)
+            if sender != driver.pid:  # a judge's own report, never passed on by its template: not a verdict
+                raise ValueError(f"a report sent by process {sender}, not by the test driver's template")
         except (ValueError, AttributeError) as exc:
             if run is not None:
                 self.driver_gone(run, f"the test driver sent a malformed message: {str(exc)[:200]}")
@@ -1185,9 +1197,19 @@ class Supervisor:
         """A limit fired (``limit``: the run's own "cpu"/"wall", or the stdio sample's whole "sample" budget,
         counted on ``clock``): end every process of the program; the driver then reports what it saw."""
         program.limit, program.stopped_at = limit, time.monotonic()
-        kill_uid(program.uid, self.zygote.pid)
+        self.sweep(run, program)
         if not run.stdio or limit == "sample":
             run.time_limit, run.stopped_at = clock, program.stopped_at
+
+    def sweep(self, run: Run, program: Program) -> None:
+        """End every process of a program that is still running. Processes that outlive the sweep (a fork bomb
+        outrunning it) taint the sandbox, which is discarded after this batch; the run itself goes on to its
+        report (its limit is what stopped it), so that it is judged once, not run again in a fresh sandbox."""
+        try:
+            kill_uid(program.uid, self.zygote.pid)
+        except Tainted as exc:
+            self.taint = self.taint or str(exc)
+            run.leftovers.append(str(exc))
 
     def check(self, run: Run) -> bool:
         """Enforce limits; True once the run can be finished."""
@@ -1224,7 +1246,7 @@ class Supervisor:
                 self.stop(run, program, "wall", "wall")
             elif run.stdio and program.out.truncated and not program.stopped_at:  # output limit: judged as such
                 program.stopped_at = now                                           # now, not at a later timeout
-                kill_uid(program.uid, self.zygote.pid)
+                self.sweep(run, program)
         if not run.stdio:
             if run.time_limit and now >= run.stopped_at + DRIVER_GRACE_S:  # the driver did not come back
                 self.driver_gone(run, f"the test driver did not report within {DRIVER_GRACE_S:.0f} s of the sample's end")

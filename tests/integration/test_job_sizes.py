@@ -75,3 +75,20 @@ def test_a_batch_over_the_frame_limit_is_cut_to_fit_and_judged_whole(runner: Run
         [(r.verdict, r.error[:200]) for r in results]
     assert [t.status for t in results[-1].tests] == [TestStatus.error] * 3
     assert all(r.attempts == 1 and not r.anomalies for r in results), [(r.attempts, r.anomalies) for r in results]
+
+
+def test_a_request_no_frame_can_carry_is_never_the_programs_fault(runner: Runner,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # A job the planner refuses, forced past it (as a planner bug would): 75 MiB of tests. Before, the supervisor
+    # died reading it, twice, a canary passed, and the program got `error`; now nothing is sent: infra_error at once.
+    from sandbox import plan
+
+    monkeypatch.setattr(plan, "check_size", lambda prepared: None)
+    job = JobSpec(id="forced", program="print(1)\n", policy="stdio",
+                  stdio={"cases": [{"input": str(i) * (15 * MIB), "output": "1\n"} for i in range(5)]})  # type: ignore[arg-type]
+    [result] = list(runner.iter_prepared([runner.planner.prepare(job)]))
+    assert result.verdict is Verdict.infra_error and result.attempts == 1, (result.verdict, result.error[:300])
+    assert "refused" in result.error and "nothing was sent" in result.error, result.error
+    [innocent] = runner.run([JobSpec(program="print(1)\n", policy="stdio",
+                                     stdio={"cases": [{"input": "", "output": "1\n"}]})])  # type: ignore[arg-type]
+    assert innocent.verdict is Verdict.passed, innocent

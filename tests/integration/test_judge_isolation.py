@@ -63,25 +63,26 @@ def printing(expression: str) -> str:
 PATCH_EVAL = "setattr(__import__('builtins'), 'eval', lambda *args, **kwargs: 1)"
 # In the judge: make the checker's own module (its globals) hold a check that passes everything.
 PATCH_GLOBALS = "globals().update(eval=lambda *args, **kwargs: 1)"
-# In the judge: leave a process behind that, once its judge has ended, takes the next request off the
-# control socket (fd 4) and answers for that sample: every case passed.
+# In the judge: leave processes behind (three per case) that, once their judge has ended, take the next
+# request off the control socket (fd 4) and answer for that sample: every case passed.
 LINGER_CODE = r'''
 import json, os, socket, time
 judge = os.getpid()
-if os.fork() == 0:
-    os.setsid()
+for _ in range(3):
     if os.fork() == 0:
-        while os.path.exists('/proc/%d' % judge):
-            time.sleep(0.001)
-        control = socket.socket(fileno=4)
-        while True:
-            data, fds, _, _ = socket.recv_fds(control, 1 << 24, 2)
-            message = json.loads(data.partition(bytes(1))[0])
-            if message.get('op') == 'judge':
-                outcomes = [{'index': i, 'status': 'passed'} for i in range(3)]
-                control.sendall(json.dumps({'sample_id': message['sample_id'], 'load': 'loaded',
-                                            'outcomes': outcomes, 'completed': True}).encode())
-    os._exit(0)
+        os.setsid()
+        if os.fork() == 0:
+            while os.path.exists('/proc/%d' % judge):
+                time.sleep(0.001)
+            control = socket.socket(fileno=4)
+            while True:
+                data, fds, _, _ = socket.recv_fds(control, 1 << 24, 2)
+                message = json.loads(data.partition(bytes(1))[0])
+                if message.get('op') == 'judge':
+                    outcomes = [{'index': i, 'status': 'passed'} for i in range(3)]
+                    control.sendall(json.dumps({'sample_id': message['sample_id'], 'load': 'loaded',
+                                                'outcomes': outcomes, 'completed': True}).encode())
+        os._exit(0)
 '''
 LINGER = f"exec({LINGER_CODE!r}) or []"
 

@@ -753,9 +753,12 @@ print(a + b)
     # 0.8 s of burn plus ~0.3 s for two forks under gVisor (measured 1.08-1.2 s); counting the grandchild
     # twice would report 1.7 s or more. CPU, not the verdict, is asserted: a burn near the 2 s limit
     # also met the 6 s wall backstop on a loaded CI machine.
+    # Asserted on gVisor's raw figure (cpu_ticks_s, over the 3 cases), which is what counting twice would inflate;
+    # the charged figure is that bounded by the sandbox's CPU per poll (a spare forked meanwhile takes its share).
     [honest] = with_stdio_innocents(runner, stdio_job(nested))
     assert honest.verdict is Verdict.passed, honest
-    assert all(0.8 <= (t.cpu_time_s or 0) < 1.5 for t in honest.tests), honest.tests
+    assert 3 * 0.8 <= honest.timings["cpu_ticks_s"] < 3 * 1.5, honest.timings
+    assert all(0.5 <= (t.cpu_time_s or 0) < 1.5 for t in honest.tests), honest.tests
 
 
 MANY_CASES = [{"input": f"{i} {i * 7}\n", "output": f"{i * 8}\n"} for i in range(20)]

@@ -97,3 +97,22 @@ def test_anomalies_travel_with_the_result(prepared: Any) -> None:
                           leftovers=("left /dev/shm/x (removed)",))
     result = to_result(prepared, report, "", anomalies=("sandbox discarded",))
     assert result.anomalies == ("left /dev/shm/x (removed)", "sandbox discarded")
+
+
+# -- cases the problem's own checker failed to judge (test_fault beside outcomes) -----------------------
+def test_cases_the_problems_checker_could_not_judge_are_not_run_and_never_passed(prepared: Any) -> None:
+    verdict, statuses, error = decide(prepared, judged(outcomes=(outcome(0, "passed"), outcome(2, "passed")),
+                                                       completed=True, test_fault="case 2: the checker ran past it"))
+    assert (verdict, statuses) == (Verdict.error, ["passed", "not_run", "passed"])
+    assert error.startswith("the problem's tests are broken: case 2")
+
+
+def test_a_case_the_sample_failed_by_itself_is_failed_whatever_the_checker_did_elsewhere(prepared: Any) -> None:
+    verdict, statuses, _ = decide(prepared, judged(outcomes=(outcome(0, "failed"), outcome(2, "passed")),
+                                                   completed=True, test_fault="case 2: the checker ran past it"))
+    assert (verdict, statuses) == (Verdict.failed, ["failed", "not_run", "passed"])
+
+
+def test_a_test_fault_before_any_test_still_leaves_every_test_not_run(prepared: Any) -> None:
+    verdict, statuses, error = decide(prepared, judged(test_fault="the checker failed to load: SyntaxError"))
+    assert (verdict, statuses) == (Verdict.error, ["not_run"] * 3) and "problem's tests are broken" in error
