@@ -364,6 +364,41 @@ def worker(worker_args: tuple[str, ...]) -> None:
     os.execvp(sys.executable, [sys.executable, "-m", "worker.main", *worker_args])
 
 
+@main.command(context_settings=CONTEXT)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (beyond loopback: a token "
+              "is required).")
+@click.option("--port", default=8080, show_default=True, type=int, help="Port (0: any free one, printed).")
+@click.option("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="File holding the token callers must present [env SANDBOX_SERVE_TOKEN].")
+@click.option("--max-body-kib", default=8192, show_default=True, type=int, help="Largest request body.")
+@click.option("--group-window-ms", default=30, show_default=True, type=int,
+              help="How long requests for the same program gather into one job.")
+@click.pass_obj
+def serve(settings: Settings, host: str, port: int, token_file: Path | None, max_body_kib: int,
+          group_window_ms: int) -> None:
+    """Serve HTTP: native /v1, SandboxFusion (/run_code) and Judge0 CE (/submissions) over the queue.
+
+    A client of the queue like `submit`: workers run the programs (start some with `sandbox worker`).
+    OpenAPI at /docs. Callers authenticate with `Authorization: Bearer <token>`, `X-Auth-Token: <token>`
+    or the path prefix /token/<token>/ (for clients that cannot send headers).
+    """
+    import uvicorn
+
+    from sandbox.client import Client
+    from sandbox.server import ServeConfig, create_app
+    from sandbox.server.app import check_bind
+
+    token = token_file.read_text().strip() if token_file else os.environ.get("SANDBOX_SERVE_TOKEN") or None
+    config = ServeConfig(host=host, port=port, token=token, max_body_bytes=max_body_kib * 1024,
+                         group_window_s=group_window_ms / 1000)
+    try:
+        check_bind(config)
+    except ValueError as exc:
+        fail(str(exc))
+    app = create_app(Client(settings), config)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
 # -- scoring -------------------------------------------------------------------------------------
 class _ServingWorkers:
     """Workers started elsewhere: by the time the input is checked, at least one must be serving."""

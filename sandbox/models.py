@@ -20,7 +20,7 @@ from sandbox.harness.messages import MAX_TESTS
 from sandbox.policy import LimitOverrides
 
 __all__ = ["Verdict", "TestStatus", "TestSnippet", "StdioCase", "StdioCases", "CallCase", "CallCases", "JobSpec",
-           "TestResult", "JobResult"]
+           "CaseOutput", "TestResult", "JobResult"]
 
 MAX_SOURCE_CHARS = 16 * 1024 * 1024  # hard ceiling; each policy sets its own, lower, program_max_kib
 MAX_DEPTH = 100                      # nesting of any value in a job: deeper JSON is a mistake and breaks encoders
@@ -111,6 +111,8 @@ class StdioCases(_Frozen):
                                             "(bool, reason); it decides every case instead of the comparator")
     apps_wrap: bool = Field(default=False, description="a program that does not compile as a module is tried as the "
                             "body of a function, as the APPS harness runs every program (top-level `return` works)")
+    capture: bool = Field(default=False, description="no expected output: each case's stdout, stderr, exit code or "
+                          "signal and times are returned (a case passes when its run ends by itself with status 0)")
 
     @field_validator("comparator")
     @classmethod
@@ -121,6 +123,10 @@ class StdioCases(_Frozen):
 
     @model_validator(mode="after")
     def _judgeable(self) -> "StdioCases":
+        if self.capture:
+            if self.checker is not None or any(case.output is not None for case in self.cases):
+                raise ValueError("capture mode compares nothing: give no expected outputs and no checker")
+            return self
         if self.checker is None and any(case.output is None for case in self.cases):
             raise ValueError("every case needs an expected output unless a checker decides")
         return self
@@ -277,6 +283,17 @@ class JobSpec(_Frozen):
         return self.program if self.program is not None else self.prompt + self.completion
 
 
+class CaseOutput(_Frozen):
+    """What one stdio case printed and how its run ended (capture mode)."""
+
+    stdout: str = Field(description="up to the policy's case_output_max_kib")
+    stderr: str = Field(description="its tail")
+    exit_code: int | None = Field(description="None when a signal or a time limit ended the run")
+    signal: int | None = Field(default=None, description="the signal that ended it (9 when killed at a limit)")
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+
+
 class TestResult(_Frozen):
     __test__: ClassVar[bool] = False
 
@@ -286,6 +303,7 @@ class TestResult(_Frozen):
     duration_s: float | None = None
     cpu_time_s: float | None = None       # stdio cases: the run's own CPU
     peak_memory_kib: int | None = None    # stdio cases: the run's own peak memory
+    output: CaseOutput | None = None      # stdio capture mode: what the case printed, how it ended
 
 
 class JobResult(_Frozen):

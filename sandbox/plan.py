@@ -211,7 +211,7 @@ def _plan_stdio(spec: StdioCases, key: PlanKey) -> tuple[tuple[str, ...], Tests]
     names = tuple(case.name or f"case {index}" for index, case in enumerate(spec.cases, start=1))
     tests = StdioTests(form="stdio", cases=tuple(messages.StdioCase(input=c.input, output=c.output) for c in spec.cases),
                        comparator=spec.comparator, float_tolerance=spec.float_tolerance, checker=spec.checker,
-                       apps_wrap=spec.apps_wrap)
+                       apps_wrap=spec.apps_wrap, capture=spec.capture)
     return names, tests
 
 

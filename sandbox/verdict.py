@@ -10,8 +10,8 @@ ends the run); ``timeout`` only when nothing failed before time ran out.
 from __future__ import annotations
 
 from sandbox.harness.accounting import overcharged
-from sandbox.harness.messages import SampleReport, TestOutcome
-from sandbox.models import JobResult, TestResult, TestStatus, Verdict
+from sandbox.harness.messages import Captured, SampleReport, TestOutcome
+from sandbox.models import CaseOutput, JobResult, TestResult, TestStatus, Verdict
 from sandbox.plan import PreparedJob
 
 __all__ = ["to_result", "whole_job_result"]
@@ -141,5 +141,17 @@ def _tests(prepared: PreparedJob, report: SampleReport) -> tuple[TestResult, ...
         tests.append(TestResult(name=name, status=status, message=message[:MESSAGE_CHARS],
                                 duration_s=outcome.duration_s if outcome is not None else None,
                                 cpu_time_s=outcome.cpu_s if outcome is not None else None,
-                                peak_memory_kib=outcome.max_rss_kib if outcome is not None else None))
+                                peak_memory_kib=outcome.max_rss_kib if outcome is not None else None,
+                                output=_output(outcome.captured) if outcome is not None else None))
     return tuple(tests)
+
+
+def _output(captured: Captured | None) -> CaseOutput | None:
+    """A captured run as the job's result shows it: an exit code, or the signal that ended it."""
+    if captured is None:
+        return None
+    status = captured.exit_status
+    return CaseOutput(stdout=captured.stdout, stderr=captured.stderr,
+                      exit_code=status if status is not None and status >= 0 else None,
+                      signal=-status if status is not None and status < 0 else None,
+                      stdout_truncated=captured.stdout_truncated, stderr_truncated=captured.stderr_truncated)

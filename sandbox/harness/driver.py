@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 BOOT_FD, CONTROL_FD = 3, 4
 TEST_FILENAME = "<test>"
 MESSAGE_CHARS = 300
+STDERR_TAIL = 2000            # characters of a stdio run's stderr the supervisor hands over (its tail)
 SHARED_MODULES = frozenset({"math", "re", "collections", "itertools", "functools", "heapq", "bisect", "string", "copy",
                             "typing", "hashlib", "statistics", "fractions", "decimal", "operator", "random", "json"})
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
@@ -419,8 +420,14 @@ class Control:
 
 def fitted(report: messages.Judged) -> bytes:
     """The report encoded within ``JUDGED_MAX_BYTES``. Thousands of long failure messages (non-ASCII text
-    escapes to up to 12 bytes a character) are shortened to fit; statuses are never touched."""
+    escapes to up to 12 bytes a character) are shortened to fit, and so is captured output (flagged as cut);
+    statuses are never touched."""
     data = _dumps(messages.to_dict(report)).encode()
+    keep = max((len(o.captured.stdout) for o in report.outcomes if o.captured is not None), default=0)
+    while len(data) > messages.JUDGED_MAX_BYTES and keep > 0:
+        keep //= 2
+        report = dataclasses.replace(report, outcomes=tuple(_cut_capture(o, keep) for o in report.outcomes))
+        data = _dumps(messages.to_dict(report)).encode()
     for keep in (60, 0):
         if len(data) <= messages.JUDGED_MAX_BYTES:
             return data
@@ -431,6 +438,14 @@ def fitted(report: messages.Judged) -> bytes:
     too_many = messages.Judged(sample_id=report.sample_id, load="loaded", test_fault=(
         f"{len(report.outcomes)} test outcomes do not fit in a report"))  # MAX_TESTS is meant to prevent this
     return _dumps(messages.to_dict(too_many)).encode()
+
+
+def _cut_capture(outcome: messages.TestOutcome, keep: int) -> messages.TestOutcome:
+    captured = outcome.captured
+    if captured is None or len(captured.stdout) <= keep:
+        return outcome
+    return dataclasses.replace(outcome, captured=dataclasses.replace(captured, stdout=captured.stdout[:keep],
+                                                                     stdout_truncated=True))
 
 
 class FunctionJudge:
@@ -555,10 +570,10 @@ class CaseLog:
         self.outcomes: list[messages.TestOutcome] = []
 
     def add(self, index: int, status: str, message: str = "", duration_s: float = 0.0, cpu_s: float | None = None,
-            max_rss_kib: int | None = None, limit: str = "") -> None:
+            max_rss_kib: int | None = None, limit: str = "", captured: messages.Captured | None = None) -> None:
         self.outcomes.append(messages.TestOutcome(index=index, status=status, message=clean(message),  # type: ignore[arg-type]
                                                   duration_s=round(duration_s, 6), cpu_s=cpu_s, max_rss_kib=max_rss_kib,
-                                                  limit=limit))  # type: ignore[arg-type]
+                                                  limit=limit, captured=captured))  # type: ignore[arg-type]
 
 
 class CallJudge:
@@ -650,7 +665,12 @@ class StdioJudge:
                 continue
             # the case's own clock; a spent sample budget is the sample's time_limit, not the case's
             case_limit = run.limit if status == "timeout" and run.limit in ("cpu", "wall") else ""
-            log.add(index, status, message, run.wall_s, run.cpu_s, run.max_rss_kib, case_limit)
+            captured = None
+            if self.tests.capture:  # the stderr tail is at most STDERR_TAIL characters: at that length it was cut
+                captured = messages.Captured(stdout=stdout.decode("utf-8", "replace"), stderr=run.stderr,
+                                             exit_status=run.exit_status, stdout_truncated=run.stdout_truncated,
+                                             stderr_truncated=len(run.stderr) >= STDERR_TAIL)
+            log.add(index, status, message, run.wall_s, run.cpu_s, run.max_rss_kib, case_limit, captured)
             if run.limit == "sample":
                 stopped = "the sample's own time budget ran out"
                 break
@@ -683,6 +703,8 @@ class StdioJudge:
                 name = signal.Signals(-run.exit_status).name if -run.exit_status in signal.valid_signals() else ""
                 return "error", f"runtime error: killed by signal {-run.exit_status} {name}".strip()
             return "error", f"runtime error: exit status {run.exit_status}: {tail[0]}"
+        if self.tests.capture:  # nothing to compare: the run went well, and its output is returned
+            return "passed", ""
         output = stdout.decode("utf-8", "surrogateescape")
         if self.checker is not None:
             return self.check(case, output)

@@ -97,6 +97,7 @@ class StdioTests:
     float_tolerance: float
     checker: Optional[str]             # Python source of a special judge: check(input, output, expected)
     apps_wrap: bool = False            # a program that does not compile is tried as APPS runs it: in a function
+    capture: bool = False              # no expected output: each case's stdout, stderr and exit status are returned
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,17 @@ TimeLimit = Literal["", "cpu", "wall"]
 
 
 @dataclass(frozen=True)
+class Captured:
+    """One stdio run in capture mode: its output (capped, and flagged when cut) and how it ended."""
+
+    stdout: str
+    stderr: str                        # the tail of what it wrote to stderr
+    exit_status: Optional[int]         # negative: the signal that ended it; None: stopped at a time limit
+    stdout_truncated: bool = False     # more than the case's output cap, or cut to fit the report
+    stderr_truncated: bool = False
+
+
+@dataclass(frozen=True)
 class TestOutcome:
     """What happened to one test (an assert, a snippet, a call case or a stdio case)."""
 
@@ -173,6 +185,7 @@ class TestOutcome:
     cpu_s: Optional[float] = None       # stdio cases: the run's own figures
     max_rss_kib: Optional[int] = None
     limit: TimeLimit = ""               # stdio cases: which of the case's own time limits stopped it
+    captured: Optional[Captured] = None  # stdio capture mode: what the run printed and how it ended
 
 
 LoadState = Literal["loaded", "program_error", "missing_entry_point", "no_report"]
