@@ -58,6 +58,7 @@ CPU_POLL_S = 0.1
 EXIT_GRACE_S = 0.5               # for a program to flush its output after the driver's "end"
 DRIVER_GRACE_S = 2.0             # for the driver to report after its sample was stopped
 JUDGE_MARGIN_S = 1.0             # stdio: the driver's own work on a case, beyond its checker's budget
+JUDGE_WALL_FACTOR = 2.0          # stdio: wall time the driver may take on one case's output, per second of its CPU budget
 SWEEP_DEADLINE_S = 3.0           # a uid whose processes are not all gone by then taints the sandbox
 WIPE_DEADLINE_S = 5.0
 FORK_DEADLINE_S = 60.0           # the zygote must deliver a fork within this, or the sandbox is given up
@@ -727,6 +728,7 @@ class Run:
         self.started = time.monotonic()
         self.program: Program | None = None       # serve: the sample's process; stdio: the current case's
         self.case = -1                            # stdio: the case being run
+        self.told_at: float | None = None         # stdio: when the driver was handed a case's output to judge
         self.judged: Judged | None = None
         self.judge_fault = ""
         self.time_limit = ""
@@ -1142,6 +1144,7 @@ class Supervisor:
     def run_case(self, run: Run, index: int) -> None:
         """Run the program once on stdio case ``index``: a fresh process and uid, the case's input on stdin."""
         assert self.request is not None and self.request.tests.form in ("stdio", "inline")
+        run.told_at = None  # the driver has judged the last case's output
         if run.time_limit or run.compile_error:  # the sample's own budget is spent, or it did not build: not run
             run.waiting_case = None
             self.tell_case(run, CaseRun(op="case", index=index, exit_status=None, limit="" if run.compile_error else "sample",
@@ -1175,6 +1178,7 @@ class Supervisor:
     def tell_case(self, run: Run, report: CaseRun, stdout: bytes) -> None:
         try:
             run.driver.cpu_base = run.driver.cpu()  # stdio: the driver's budget is per case's output it judges
+            run.told_at = time.monotonic()
             run.driver.send(report, payload=stdout)
         except OSError:
             self.driver_gone(run, run.driver.describe_death())
@@ -1250,6 +1254,12 @@ class Supervisor:
                 self.problem_gone(run, f"{what} took the test driver more than {run.limits.judge_cpu_time_s + JUDGE_MARGIN_S:g}"
                                        f" s of CPU (a checker's budget is {run.limits.judge_cpu_time_s:g} s a case)")
                 return False
+        # stdio: a checker that waits (sleeps, blocks) spends no CPU; its wall time on one case is bounded too
+        wall_budget = run.limits.judge_cpu_time_s * JUDGE_WALL_FACTOR + JUDGE_MARGIN_S
+        if run.stdio and run.told_at is not None and now >= run.told_at + wall_budget:
+            self.problem_gone(run, f"judging case {run.case + 1}'s output took the test driver more than {wall_budget:g} s "
+                                   f"of wall time (a checker's budget is {run.limits.judge_cpu_time_s:g} s of CPU a case)")
+            return False
             if program is not None and not program.limit:
                 program.account()
                 if run.stdio and run.cpu_s() >= run.limits.cpu_time_s:

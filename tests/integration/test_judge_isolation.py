@@ -183,6 +183,15 @@ def check(input, output, expected):
     a, b = map(int, input.split())
     return int(output) == a + b
 """
+SLEEPING = """
+import time
+
+def check(input, output, expected):
+    if output.strip() == "spin":
+        time.sleep(3600)  # spends no CPU: only a wall-clock bound ends it
+    a, b = map(int, input.split())
+    return int(output) == a + b
+"""
 THREE = [{"input": "1 2\n"}, {"input": "2 2\n"}, {"input": "5 -1\n"}]
 SPINS_ON_2 = "a, b = map(int, input().split())\nprint('spin' if a == b else a + b)\n"
 SPINS_ON_2_WRONG_ON_1 = "a, b = map(int, input().split())\nprint('spin' if a == b else 99 if a == 1 else a + b)\n"
@@ -190,14 +199,16 @@ SPINS_ON_2_WRONG_ON_1 = "a, b = map(int, input().split())\nprint('spin' if a == 
 
 @pytest.mark.parametrize("checker, why", [(SPINNING, "past its CPU budget of 2 s"),
                                           (SWALLOWING, "took the test driver more than 3 s of CPU"),
-                                          (EXITING, "raised SystemExit")],
-                         ids=["spins", "swallows-its-timer", "exits"])
+                                          (EXITING, "raised SystemExit"),
+                                          (SLEEPING, "more than 5 s of wall time")],
+                         ids=["spins", "swallows-its-timer", "exits", "sleeps"])
 def test_a_checker_that_fails_by_itself_is_the_problems_fault(runner: Runner, checker: str, why: str) -> None:
     spinner, wrong, right = runner.run([stdio(p, checker, THREE, TIGHT) for p in (SPINS_ON_2, SPINS_ON_2_WRONG_ON_1, SUM)])
     assert spinner.verdict is Verdict.error, spinner                # not passed: case 2 was never judged
     assert "the problem's tests are broken" in spinner.error and why in spinner.error, spinner.error
-    if checker is not SWALLOWING:  # judged case by case: the cases the checker did judge keep their outcome
+    stopped_from_outside = checker in (SWALLOWING, SLEEPING)
+    if not stopped_from_outside:  # judged case by case: the cases the checker did judge keep their outcome
         assert [t.status for t in spinner.tests] == [TestStatus.passed, TestStatus.not_run, TestStatus.passed]
     # it printed a wrong answer on case 1; a checker that had to be stopped from outside loses that outcome too
-    assert wrong.verdict is (Verdict.error if checker is SWALLOWING else Verdict.failed), wrong
+    assert wrong.verdict is (Verdict.error if stopped_from_outside else Verdict.failed), wrong
     assert right.verdict is Verdict.passed, right                   # the next innocent, same sandbox
