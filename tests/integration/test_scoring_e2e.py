@@ -69,8 +69,10 @@ def test_evaluate_end_to_end_with_known_pass_at_k(redis_url: str, tmp_path: Path
     # a wall-clock kill (the machine's load could cause one) runs twice before it is final; a CPU timeout is final
     # unless it was charged more CPU than the host gave its sandbox (a loaded machine): then it ran once more too
     assert rows[3]["reruns"] == 1 and "wall-clock" in rows[3]["rerun_because"] and rows[0]["reruns"] == 0
-    assert rows[8]["reruns"] == 0 or rows[8]["rerun_because"].startswith("charged"), rows[8]
-    assert rows[3]["time_limit"] == "wall" and rows[8]["time_limit"] == "cpu" and rows[0]["time_limit"] == ""
+    # (on a loaded machine the loop may be starved of CPU until the wall-clock backstop stops it: provisional too)
+    assert rows[8]["reruns"] == 0 or rows[8]["rerun_because"].startswith(("charged", "stopped by a wall-clock")), rows[8]
+    assert rows[3]["time_limit"] == "wall" and rows[0]["time_limit"] == ""
+    assert rows[8]["time_limit"] == "cpu" or (rows[8]["reruns"] == 1 and rows[8]["time_limit"] == "wall"), rows[8]
     assert rows[0]["mean_logp"] == -0.9 and rows[0]["completion_id"] == 0 and rows[1]["completion_id"] == 1
     assert "SyntaxError" in rows[6]["result"]
     assert [t["status"] for t in rows[2]["tests"]] == ["error", "error"]
