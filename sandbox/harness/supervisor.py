@@ -1123,6 +1123,8 @@ class Supervisor:
             raw = json.loads(data)
             if raw.get("op") == "run_case":
                 request = messages.from_dict(messages.RunCase, raw)
+                if run is not None:
+                    run.told_at = None  # the driver is done with the last case's output: it asks for the next case
                 if run is not None and run.stdio and run.waiting_case is None and (run.program is None or run.building):
                     if run.building:
                         run.waiting_case = request.index  # asked for once the build is done
@@ -1254,18 +1256,18 @@ class Supervisor:
                 self.problem_gone(run, f"{what} took the test driver more than {run.limits.judge_cpu_time_s + JUDGE_MARGIN_S:g}"
                                        f" s of CPU (a checker's budget is {run.limits.judge_cpu_time_s:g} s a case)")
                 return False
-        # stdio: a checker that waits (sleeps, blocks) spends no CPU; its wall time on one case is bounded too
-        wall_budget = run.limits.judge_cpu_time_s * JUDGE_WALL_FACTOR + JUDGE_MARGIN_S
-        if run.stdio and run.told_at is not None and now >= run.told_at + wall_budget:
-            self.problem_gone(run, f"judging case {run.case + 1}'s output took the test driver more than {wall_budget:g} s "
-                                   f"of wall time (a checker's budget is {run.limits.judge_cpu_time_s:g} s of CPU a case)")
-            return False
             if program is not None and not program.limit:
                 program.account()
                 if run.stdio and run.cpu_s() >= run.limits.cpu_time_s:
                     self.stop(run, program, "sample", "cpu")
                 elif program.cpu_s() >= program.cpu_limit:
                     self.stop(run, program, "cpu", "cpu")
+        # stdio: a checker that waits (sleeps, blocks) spends no CPU; its wall time on one case is bounded too
+        wall_budget = run.limits.judge_cpu_time_s * JUDGE_WALL_FACTOR + JUDGE_MARGIN_S
+        if run.stdio and run.told_at is not None and now >= run.told_at + wall_budget:
+            self.problem_gone(run, f"judging case {run.case + 1}'s output took the test driver more than {wall_budget:g} s "
+                                   f"of wall time (a checker's budget is {run.limits.judge_cpu_time_s:g} s of CPU a case)")
+            return False
         if program is not None and not program.limit:
             if run.stdio and now >= run.started + run.limits.wall_time_s:
                 self.stop(run, program, "sample", "wall")
